@@ -1,0 +1,112 @@
+"""The parameter report reproduces the paper's tables (DESIGN §4-5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitsplit_vlm.cli import main
+from vitsplit_vlm.params import PAPER_ROWS, count, paper_report
+
+
+def test_every_paper_row_within_tolerance():
+    rows = paper_report()
+    assert len(rows) == len(PAPER_ROWS) == 18
+    bad = [r for r in rows if not r["ok"]]
+    assert not bad, bad
+    # all rows but the one the paper itself rounds inconsistently are within 0.05M
+    assert all(abs(r["delta_m"]) <= 0.05 for r in rows if not r["note"])
+
+
+def test_exact_counts_dinov2_s_seg():
+    result = count(backbone="dinov2-s", task="seg", k=3, n=4, s=2, classes=150)
+    # 3 DINOv2-S blocks; Conv1x1(1536->384) + offsets + deform; Conv1x1(768->384) + deform; head
+    assert result["components"] == {
+        "task_head": 3 * 1_775_232,
+        "prior_head": 590_208 + 62_226 + 1_327_104,
+        "fusion": 295_296 + 62_226 + 1_327_104,
+        "head": 1_240_470,
+    }
+    assert result["trainable"] == 10_230_330
+
+
+def test_vlm_connector_counts():
+    vit = count(backbone="clip-l-336", task="vlm", k=1, n=1, s=None, llm_hidden=4096)["components"]
+    assert vit == {
+        "task_head": 12_596_224,
+        "prior_head": 10_487_808,
+        "fusion": 2048 * 4096 + 4096 + 4096 * 4096 * 9 + 4096,
+        "head": 0,
+    }
+    mlp = count(backbone="clip-l-336", task="vlm", connector="mlp2x_gelu", llm_hidden=4096)
+    assert mlp["trainable"] == 1024 * 4096 + 4096 + 4096 * 4096 + 4096
+
+
+def test_prior_task_without_fusion_is_the_sum_of_parts():
+    parts = {
+        c: count(backbone="dinov2-b", task="seg", components=c)["trainable"]
+        for c in [("head",), ("prior", "head"), ("task", "head"), ("prior", "task", "head")]
+    }
+    assert parts[("prior", "task", "head")] == (
+        parts[("prior", "head")] + parts[("task", "head")] - parts[("head",)]
+    )
+
+
+def test_cli_json(capsys):
+    assert (
+        main(
+            [
+                "params",
+                "--backbone",
+                "dinov2-s",
+                "--task",
+                "depth",
+                "--k",
+                "3",
+                "--n",
+                "4",
+                "--s",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"trainable", "components"}
+    assert set(out["components"]) == {"task_head", "prior_head", "fusion", "head"}
+    assert round(out["trainable"] / 1e6, 1) == 9.3
+
+
+def test_cli_components_and_connectors(capsys):
+    main(["params", "--backbone", "dinov2-b", "--components", "prior,task,head", "--json"])
+    assert round(json.loads(capsys.readouterr().out)["trainable"] / 1e6, 1) == 33.9
+    main(
+        [
+            "params",
+            "--backbone",
+            "clip-l-336",
+            "--task",
+            "vlm",
+            "--connector",
+            "mlp2x_gelu",
+            "--json",
+        ]
+    )
+    assert round(json.loads(capsys.readouterr().out)["trainable"] / 1e6, 1) == 21.0
+
+
+def test_cli_config_path(tmp_path, capsys):
+    from transformers import Dinov2Config
+
+    Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6).save_pretrained(
+        tmp_path
+    )
+    main(["params", "--backbone", str(tmp_path), "--json"])
+    assert round(json.loads(capsys.readouterr().out)["trainable"] / 1e6, 1) == 10.2
+
+
+def test_cli_bad_backbone_is_clear(tmp_path):
+    with pytest.raises(ValueError, match="--backbone"):
+        main(["params", "--backbone", str(tmp_path / "missing"), "--json"])

@@ -1,0 +1,1 @@
+"""LLaVA-1.5 with a ViT-Split connector, as Hugging Face classes."""
