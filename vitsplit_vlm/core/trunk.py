@@ -138,34 +138,48 @@ class FrozenTrunk(nn.Module):
 
     def check_pixels(self, pixel_values: torch.Tensor) -> tuple[int, int]:
         """Validate (B, C, H, W) input; return the patch grid (h, w)."""
-        spec = self.spec
-        p = spec.patch_size
-        expected = f"(B, {spec.num_channels}, H, W) with H and W multiples of the patch size {p}"
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values: expected {expected}, got {tuple(pixel_values.shape)}")
-        _, c, h, w = pixel_values.shape
-        if c != spec.num_channels:
-            raise ValueError(f"pixel_values has {c} channels; expected {expected}")
-        if h % p or w % p:
-            raise ValueError(
-                f"pixel_values is {h}x{w}, not divisible into patches; expected {expected}"
-            )
-        return h // p, w // p
+        return check_pixels(self.spec, pixel_values)
 
-    @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor, layers: Iterable[int]) -> dict[int, torch.Tensor]:
-        layers = sorted(set(layers))
-        if not layers or layers[0] < 0 or layers[-1] > self.spec.num_blocks:
-            raise ValueError(f"layers {layers} outside 0..{self.spec.num_blocks}")
-        self.check_pixels(pixel_values)
-        dtype = next(self.model.parameters()).dtype
-        size = self.spec.image_size
-        interpolate = tuple(pixel_values.shape[-2:]) != (size, size)
-        hidden = self._adapter.embed(self.model, pixel_values.to(dtype), interpolate)
-        out = {0: hidden} if 0 in layers else {}
-        blocks = self.blocks
-        for i in range(layers[-1]):
-            hidden = blocks[i](hidden, None)
-            if i + 1 in layers:
-                out[i + 1] = hidden
-        return out
+        return frozen_hidden_states(self.model, pixel_values, layers)
+
+
+def check_pixels(spec: TrunkSpec, pixel_values: torch.Tensor) -> tuple[int, int]:
+    """Validate (B, C, H, W) input against `spec`; return the patch grid (h, w)."""
+    p = spec.patch_size
+    expected = f"(B, {spec.num_channels}, H, W) with H and W multiples of the patch size {p}"
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values: expected {expected}, got {tuple(pixel_values.shape)}")
+    _, c, h, w = pixel_values.shape
+    if c != spec.num_channels:
+        raise ValueError(f"pixel_values has {c} channels; expected {expected}")
+    if h % p or w % p:
+        raise ValueError(
+            f"pixel_values is {h}x{w}, not divisible into patches; expected {expected}"
+        )
+    return h // p, w // p
+
+
+@torch.no_grad()
+def frozen_hidden_states(
+    model: nn.Module, pixel_values: torch.Tensor, layers: Iterable[int]
+) -> dict[int, torch.Tensor]:
+    """`{i: hidden_states[i]}` (B, T, C) of a vision model, without autograd, running no block
+    past `max(layers)`. All tokens, before any final norm (Hugging Face convention)."""
+    model = unwrap_vision_model(model)
+    spec = trunk_spec(model)
+    adapter = _ADAPTERS[spec.model_type]
+    layers = sorted(set(layers))
+    if not layers or layers[0] < 0 or layers[-1] > spec.num_blocks:
+        raise ValueError(f"layers {layers} outside 0..{spec.num_blocks}")
+    check_pixels(spec, pixel_values)
+    dtype = next(model.parameters()).dtype
+    interpolate = tuple(pixel_values.shape[-2:]) != (spec.image_size, spec.image_size)
+    hidden = adapter.embed(model, pixel_values.to(dtype), interpolate)
+    out = {0: hidden} if 0 in layers else {}
+    blocks = adapter.blocks(model)
+    for i in range(layers[-1]):
+        hidden = blocks[i](hidden, None)
+        if i + 1 in layers:
+            out[i + 1] = hidden
+    return out
