@@ -1,0 +1,211 @@
+"""``vitsplit-vlm eval <action>``: scorers and submission converters (the shared runner).
+
+Actions live in one registry, :data:`ACTIONS`: name -> (argument builder, action, help). An
+action reads its inputs through :mod:`vitsplit_vlm.eval.io`, asks its task class to score or
+convert, and returns a JSON-able summary that the runner prints. Any
+:class:`~vitsplit_vlm.eval.io.EvalInputError` is printed as one line on stderr with exit status 2;
+outputs are written atomically, so a failed run writes nothing. (Answer generation, which needs
+the model, will be one more entry here.)
+
+Examples::
+
+    vitsplit-vlm eval score-vqav2 --answers A.jsonl --annotations v2_mscoco_val2014_annotations.json
+    vitsplit-vlm eval convert-vqav2 --answers A.jsonl \\
+        --questions llava_vqav2_mscoco_test2015.jsonl --out upload.json
+    vitsplit-vlm eval score-pope --answers A.jsonl --questions llava_pope_test.jsonl \\
+        --question-dir pope/coco
+    vitsplit-vlm eval score-mmbench --answers A.jsonl --tsv mmbench_dev_20230712.tsv
+    vitsplit-vlm eval convert-mmbench --answers A.jsonl --tsv mmbench_dev_20230712.tsv \\
+        --out submission.xlsx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from vitsplit_vlm.eval import mmbench, pope, vqav2
+from vitsplit_vlm.eval.io import EvalInputError, read_answers
+
+
+def _warn(action: str, message: str) -> None:
+    print(f"vitsplit-vlm eval {action}: warning: {message}", file=sys.stderr)
+
+
+def _score_vqav2_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--answers", required=True, help="answers JSONL (LLaVA model_vqa_loader)")
+    p.add_argument("--annotations", required=True, help="v2_mscoco_val2014_annotations.json")
+    p.add_argument(
+        "--questions",
+        help="questions to score (official JSON or LLaVA JSONL); default: every annotated question",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=sorted(vqav2.PROTOCOLS),
+        default="llava",
+        help="which reference's normalisation to follow (see vitsplit_vlm.eval.vqav2)",
+    )
+
+
+def _score_vqav2(args: argparse.Namespace) -> dict[str, Any]:
+    annotations = vqav2.load_annotations(args.annotations)
+    ids = vqav2.load_question_ids(args.questions) if args.questions else None
+    report = vqav2.VQAv2Task(protocol=args.protocol).score(
+        read_answers(args.answers),
+        annotations,
+        question_ids=ids,
+        answers_path=args.answers,
+        questions_path=args.questions or args.annotations,
+    )
+    return report.to_dict()
+
+
+def _convert_vqav2_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--answers", required=True, help="answers JSONL (LLaVA model_vqa_loader)")
+    p.add_argument(
+        "--questions",
+        required=True,
+        help="the split to upload: llava_vqav2_mscoco_test2015.jsonl (or test-dev, "
+        "or official questions JSON); every question is written",
+    )
+    p.add_argument("--out", required=True, help="EvalAI upload JSON to write")
+
+
+def _convert_vqav2(args: argparse.Namespace) -> dict[str, Any]:
+    ids = vqav2.load_question_ids(args.questions)
+    submission = vqav2.VQAv2Task().convert(
+        read_answers(args.answers), ids, answers_path=args.answers, questions_path=args.questions
+    )
+    vqav2.write_submission(submission, args.out)
+    if submission.num_missing:
+        _warn(
+            "convert-vqav2",
+            f"{submission.num_missing} of {len(ids)} questions have no "
+            'answer; written as "" (as LLaVA does)',
+        )
+    return {
+        "out": args.out,
+        "num_questions": len(ids),
+        "num_answered": len(ids) - submission.num_missing,
+        "num_missing": submission.num_missing,
+    }
+
+
+def _score_pope_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--answers",
+        required=True,
+        nargs="+",
+        help="answers JSONL; one for all questions, or one per question file (same order)",
+    )
+    p.add_argument(
+        "--questions",
+        nargs="+",
+        default=[],
+        help="coco_pope_<category>.json files, or LLaVA's llava_pope_test.jsonl",
+    )
+    p.add_argument(
+        "--question-dir",
+        help="folder of coco_pope_<category>.json: the labels for llava_pope_test.jsonl"
+        ", or (without --questions) the questions themselves, sorted by name",
+    )
+
+
+def _score_pope(args: argparse.Namespace) -> dict[str, Any]:
+    questions = pope.load_questions(
+        args.questions, label_dir=args.question_dir, num_answer_files=len(args.answers)
+    )
+    answers = [read_answers(path) for path in args.answers]
+    report = pope.PopeTask().score(questions, answers, answers_paths=args.answers)
+    return report.to_dict()
+
+
+def _mmbench_args(p: argparse.ArgumentParser, *, out: bool) -> None:
+    p.add_argument(
+        "--answers",
+        required=True,
+        help="answers JSONL (LLaVA model_vqa_mmbench, with or without --all-rounds)",
+    )
+    p.add_argument("--tsv", required=True, help="MMBench TSV, e.g. mmbench_dev_20230712.tsv")
+    if out:
+        p.add_argument(
+            "--out", required=True, help="submission .xlsx (needs openpyxl), .tsv or .csv"
+        )
+
+
+def _score_mmbench(args: argparse.Namespace) -> dict[str, Any]:
+    questions = mmbench.load_questions(args.tsv)
+    report = mmbench.MMBenchTask().score(
+        questions,
+        read_answers(args.answers, rounds=True),
+        answers_path=args.answers,
+        tsv_path=args.tsv,
+    )
+    return report.to_dict()
+
+
+def _convert_mmbench(args: argparse.Namespace) -> dict[str, Any]:
+    suffix = mmbench.check_submission_path(args.out)
+    submission = mmbench.MMBenchTask().convert(
+        args.tsv, read_answers(args.answers, rounds=True), answers_path=args.answers
+    )
+    mmbench.write_submission(submission, args.out)
+    if submission.num_missing:
+        _warn(
+            "convert-mmbench",
+            f"{submission.num_missing} of {len(submission.rows)} rows have "
+            "no answer; their prediction is empty (as LLaVA leaves it)",
+        )
+    if submission.ignored_rounds:
+        _warn(
+            "convert-mmbench",
+            f"{submission.ignored_rounds} --all-rounds answers with "
+            "round_id > 0 are not uploaded (the table has one prediction per row)",
+        )
+    return {
+        "out": args.out,
+        "format": suffix.lstrip("."),
+        "num_rows": len(submission.rows),
+        "num_missing": submission.num_missing,
+        "ignored_rounds": submission.ignored_rounds,
+    }
+
+
+Action = Callable[[argparse.Namespace], dict[str, Any]]
+ACTIONS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Action, str]] = {
+    "score-vqav2": (_score_vqav2_args, _score_vqav2, "VQAv2 soft accuracy against annotations"),
+    "convert-vqav2": (_convert_vqav2_args, _convert_vqav2, "VQAv2 EvalAI upload file"),
+    "score-pope": (_score_pope_args, _score_pope, "POPE accuracy/precision/recall/F1 per category"),
+    "score-mmbench": (
+        lambda p: _mmbench_args(p, out=False),
+        _score_mmbench,
+        "MMBench circular and vanilla accuracy (rule matching, no GPT)",
+    ),
+    "convert-mmbench": (
+        lambda p: _mmbench_args(p, out=True),
+        _convert_mmbench,
+        "MMBench submission table",
+    ),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One subcommand per entry of :data:`ACTIONS`."""
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, (add, _, help_) in ACTIONS.items():
+        add(actions.add_parser(name, help=help_, description=help_))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen action; print its JSON summary (0) or its input error (2)."""
+    _, action, _ = ACTIONS[args.action]
+    try:
+        summary = action(args)
+    except EvalInputError as err:
+        print(f"vitsplit-vlm eval {args.action}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
