@@ -373,6 +373,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="weight seed (tokenizer is fixed)")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="also pretrain the tiny DINOv2 on generated scenes (not a dense task) for a few CPU "
+        "minutes into OUT/dinov2-pretrained (gives the layer hierarchy ViT-Split relies on)",
+    )
+    parser.add_argument(
+        "--pretrain-llm",
+        action="store_true",
+        help="also train the tiny Llama on playground text into OUT/llama-chat ('tiny Vicuna')",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -380,4 +391,25 @@ def run(args: argparse.Namespace) -> int:
     manifest = _read_manifest(paths.root) or {}
     for name, info in manifest.get("models", {}).items():
         print(f"{paths.root / name}  {info['class']}  {info['params']:,} params")
+    if args.pretrain:
+        from .dense.pretrain import MANIFEST as PRETRAIN_MANIFEST
+        from .dense.pretrain import pretrain_dinov2
+
+        dst = pretrain_dinov2(
+            paths.dinov2, paths.root / "dinov2-pretrained", seed=args.seed, force=args.force
+        )
+        info = json.loads((dst / PRETRAIN_MANIFEST).read_text())
+        print(
+            f"{dst}  Dinov2Model pretrained on generated scenes: losses {info['first']} -> "
+            f"{info['last']} in {info['args']['steps']} steps"
+        )
+    if args.pretrain_llm:
+        from .playground.lm_pretrain import MANIFEST, pretrain_llm
+
+        dst = pretrain_llm(paths.llama, paths.root / "llama-chat", seed=args.seed, force=args.force)
+        info = json.loads((dst / MANIFEST).read_text())
+        print(
+            f"{dst}  LlamaForCausalLM pretrained on playground text: loss "
+            f"{info['first_loss']} -> {info['last_loss']} in {info['steps']} steps"
+        )
     return 0

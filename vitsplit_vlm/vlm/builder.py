@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ..core.trunk import trunk_spec, unwrap_vision_model
 from .configuration import ViTSplitLlavaConfig
+from .connector import _gathered
 from .modeling import ViTSplitLlavaForConditionalGeneration
 from .processing import DEFAULT_IMAGE_TOKEN, build_processor
 
@@ -74,8 +75,7 @@ def build_vlm(
     )
     prepare_tokenizer(tokenizer)
     llm = AutoModelForCausalLM.from_pretrained(model_name_or_path, **load_kw)
-    if llm.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        llm.resize_token_embeddings(len(tokenizer))
+    grow_embeddings(llm, len(tokenizer))
     tower = unwrap_vision_model(AutoModel.from_pretrained(vision_tower, **load_kw))
     image_processor = AutoImageProcessor.from_pretrained(vision_tower)
     spec = trunk_spec(tower)
@@ -110,6 +110,26 @@ def build_vlm(
         load_connector(model, pretrain_mm_mlp_adapter)
     processor = build_processor(image_processor, tokenizer, patch_size=spec.patch_size)
     return BuiltVLM(model, tokenizer, image_processor, processor)
+
+
+def grow_embeddings(llm: nn.Module, size: int) -> None:
+    """Give the LLM `size` token rows; new rows (input and output) are the mean of the old ones.
+
+    As LLaVA's `smart_tokenizer_and_embedding_resize`: deterministic, so a rebuild (e.g.
+    `merge_lora`, which does not save these rows) gives the rows training used. Row counts come
+    from `num_embeddings`, which ZeRO-3 partitioning leaves intact (`weight.shape` becomes (0,)).
+    """
+    old = llm.get_input_embeddings().num_embeddings
+    if old >= size:
+        return
+    llm.resize_token_embeddings(size, mean_resizing=False)
+    weights = [llm.get_input_embeddings().weight]
+    head = llm.get_output_embeddings()
+    if head is not None and head.weight is not weights[0]:  # untied head
+        weights.append(head.weight)
+    with _gathered(weights), torch.no_grad():
+        for weight in weights:
+            weight[old:] = weight[:old].mean(0, keepdim=True)
 
 
 def connector_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

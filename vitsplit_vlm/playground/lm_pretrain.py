@@ -1,0 +1,122 @@
+"""Language pretraining of the tiny Llama on playground text ("the tiny Vicuna").
+
+The real recipe starts from Vicuna, an LLM that already speaks. A random tiny Llama does not, so
+stage 1 (frozen LLM) has little to align to and stage 2 must learn language and vision at once.
+This step trains the tiny Llama as a plain causal LM, for a CPU minute, on the same kind of text
+Vicuna saw before LLaVA: captions and Vicuna-v1 conversations, *without images* (so it learns the
+format, the vocabulary and the answer priors, never what a particular image shows).
+
+    vitsplit-vlm make-tiny --out playground/tiny --pretrain-llm     # writes playground/tiny/llama-chat
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+VERSION = 1
+MANIFEST = "lm_pretrain.json"
+DEFAULTS = dict(steps=400, batch_size=32, seq_len=128, lr=3e-3, warmup=20, scenes=6000)
+
+
+def chat_corpus(num_scenes: int, seed: int) -> list[str]:
+    """Captions and text-only Vicuna-v1 conversations about random scenes (no image tokens)."""
+    from ..vlm.conversation import get_template, render_conversation
+    from .shapes import TEXT_ONLY_QA, caption, sample_conversation, sample_scene
+
+    template = get_template("vicuna_v1")
+    lines: list[str] = []
+    for i in range(num_scenes):
+        rng = random.Random(f"lm-pretrain-{seed}-{i}")
+        scene = sample_scene(rng)
+        lines.append(caption(scene, rng))
+        messages = []
+        for qa in sample_conversation(scene, rng):
+            messages += [(template.user, qa.prompt), (template.assistant, qa.answer)]
+        lines.append(render_conversation(template, messages).text)
+    for question, answer in TEXT_ONLY_QA:
+        messages = [(template.user, question), (template.assistant, answer)]
+        lines.append(render_conversation(template, messages).text)
+    return lines
+
+
+def _packed_batches(
+    token_lists: list[list[int]], eos: int, seq_len: int, batch_size: int, seed: int
+):
+    """Endless batches (B, seq_len + 1) of documents joined by EOS, reshuffled every pass."""
+    import torch
+
+    rng = random.Random(seed)
+    order = list(range(len(token_lists)))
+    while True:
+        rng.shuffle(order)
+        stream: list[int] = []
+        for i in order:
+            stream += token_lists[i] + [eos]
+        n = len(stream) // (seq_len + 1)
+        rows = torch.tensor(stream[: n * (seq_len + 1)]).view(n, seq_len + 1)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield rows[start : start + batch_size]
+
+
+def pretrain_llm(
+    src: str | Path, dst: str | Path, *, seed: int = 0, force: bool = False, **overrides
+) -> Path:
+    """Train the Llama in `src` on `chat_corpus` and save it (with its tokenizer) to `dst`.
+
+    Deterministic for a seed; a second call with the same settings returns at once.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src, dst = Path(src), Path(dst)
+    settings = {**DEFAULTS, **overrides, "seed": seed, "version": VERSION, "src": str(src)}
+    manifest = dst / MANIFEST
+    if not force and manifest.exists():
+        done = json.loads(manifest.read_text())
+        if {k: done.get(k) for k in settings} == settings:
+            return dst
+    shutil.rmtree(dst, ignore_errors=True)
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.train()
+    texts = chat_corpus(settings["scenes"], seed)
+    token_lists = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    batches = _packed_batches(
+        token_lists, tokenizer.eos_token_id, settings["seq_len"], settings["batch_size"], seed
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0)
+    steps, warmup = settings["steps"], settings["warmup"]
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    started, losses = time.time(), []
+    for _ in range(steps):
+        batch = next(batches)[:, :-1]
+        loss = model(input_ids=batch, labels=batch).loss  # labels are shifted inside
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    dst.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    record = {
+        **settings,
+        "first_loss": round(sum(losses[:10]) / 10, 4),
+        "last_loss": round(sum(losses[-10:]) / 10, 4),
+        "seconds": round(time.time() - started, 1),
+    }
+    manifest.write_text(json.dumps(record, indent=1) + "\n")  # last: marks completion
+    return dst

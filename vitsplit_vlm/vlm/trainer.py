@@ -1,0 +1,49 @@
+"""`VLMTrainer`: HF Trainer with LLaVA's modality-grouped sampler and a connector lr group."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+
+from .sampler import LengthGroupedSampler
+
+CONNECTOR_MARK = "multi_modal_projector."
+
+
+class VLMTrainer(Trainer):
+    """Adds `--group_by_modality_length` and `--mm_projector_lr` (connector parameter group)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.args.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(  # as LLaVA: batches of one modality, longest first
+            dataset.modality_lengths,
+            batch_size=self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            group_by_modality=True,
+            seed=self.args.seed,
+        )
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        lr, proj_lr, wd = self.args.learning_rate, self.args.mm_projector_lr, self.args.weight_decay
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                key = (CONNECTOR_MARK in name and proj_lr is not None, name in decay)
+                groups.setdefault(key, []).append(param)
+        param_groups = [
+            {
+                "params": ps,
+                "weight_decay": wd if is_decay else 0.0,
+                "lr": proj_lr if is_conn else lr,
+            }
+            for (is_conn, is_decay), ps in sorted(groups.items())
+        ]
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = cls(param_groups, **kwargs)
+        return self.optimizer
