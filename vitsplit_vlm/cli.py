@@ -1,7 +1,8 @@
 """The `vitsplit-vlm` entry point.
 
 Subcommands live in an explicit registry (``COMMANDS``): name -> (module, one-line help).
-A command module defines ``add_arguments(parser)`` and ``run(args) -> int | None``. Only the
+A command module defines ``add_arguments(parser)`` and ``run(args) -> int | None``, or
+``main(argv) -> int`` when it parses its own flags (training uses HfArgumentParser). Only the
 chosen command's module is imported, so ``vitsplit-vlm --help`` stays fast (no torch import).
 """
 
@@ -16,6 +17,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("vitsplit_vlm.params", "trainable-parameter report (paper Tabs. 4-6, DESIGN §4-5)"),
     "make-data": ("vitsplit_vlm.playground.cli", "generate the offline playground data sets"),
     "eval": ("vitsplit_vlm.eval.cli", "answer generation, scorers and submission converters"),
+    "train": ("vitsplit_vlm.vlm.train", "LLaVA-1.5 stage 1 / stage 2 training (LLaVA's flags)"),
+    "merge-lora": ("vitsplit_vlm.vlm.merge_lora", "fold a stage-2 LoRA adapter into a full model"),
+    "chat": ("vitsplit_vlm.serve.cli_chat", "multi-turn terminal chat about an image (streamed)"),
+    "demo": ("vitsplit_vlm.serve.gradio_demo", "Gradio web demo: image upload, streamed chat"),
+    "heldout": (
+        "vitsplit_vlm.playground.heldout",
+        "held-out playground accuracy with image controls",
+    ),
+    "dense": ("vitsplit_vlm.dense.cli", "dense seg / depth / det: train, eval, predict overlays"),
     "quickstart": ("vitsplit_vlm.quickstart", "run the embedded tiny default end to end"),
 }
 
@@ -39,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
+    if hasattr(module, "main"):
+        return int(module.main(rest) or 0)
     parser = argparse.ArgumentParser(prog=f"vitsplit-vlm {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
