@@ -15,7 +15,9 @@ is one :class:`~vitsplit_vlm.eval.io.EvalInputError`) and one command-line runne
 MMBench), so answers written by LLaVA's own scripts score here unchanged.
 
 Modules: :mod:`.normalize` (EvalAI / official VQA answer normalisation), :mod:`.vqav2`,
-:mod:`.pope`, :mod:`.mmbench`, :mod:`.io`, :mod:`.cli`.
+:mod:`.pope`, :mod:`.mmbench`, :mod:`.io`, :mod:`.cli`. Two modules use the model (torch is
+imported only when they run): :mod:`.answer` (``eval answer`` / ``eval merge``: LLaVA's answer
+generation, batched through ``VLMEngine``) and :mod:`.lmms_plugin` (the lmms-eval adapter).
 """
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."

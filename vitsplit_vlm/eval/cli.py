@@ -4,10 +4,20 @@ Actions live in one registry, :data:`ACTIONS`: name -> (argument builder, action
 action reads its inputs through :mod:`vitsplit_vlm.eval.io`, asks its task class to score or
 convert, and returns a JSON-able summary that the runner prints. Any
 :class:`~vitsplit_vlm.eval.io.EvalInputError` is printed as one line on stderr with exit status 2;
-outputs are written atomically, so a failed run writes nothing. (Answer generation, which needs
-the model, will be one more entry here.)
+outputs are written atomically, so a failed run writes nothing. ``answer`` (the only action that
+loads the model; see :mod:`vitsplit_vlm.eval.answer`) writes LLaVA-style answers files that the
+other actions read.
 
 Examples::
+
+    vitsplit-vlm eval answer --task vqav2 --model-path checkpoints/vitsplit-tiny \
+        --question-file llava_vqav2_mscoco_test-dev2015.jsonl --image-folder test2015 \
+        --answers-file answers/4_0.jsonl --conv-mode vicuna_v1 --temperature 0 \
+        --batch-size 8 --num-chunks 4 --chunk-idx 0
+    vitsplit-vlm eval answer --task mmbench --model-path DIR --question-file mmbench_dev.tsv \
+        --answers-file answers/mmbench.jsonl --all-rounds
+    vitsplit-vlm eval merge --inputs answers/4_0.jsonl answers/4_1.jsonl ... \
+        --questions llava_vqav2_mscoco_test-dev2015.jsonl --out answers/merge.jsonl
 
     vitsplit-vlm eval score-vqav2 --answers A.jsonl --annotations v2_mscoco_val2014_annotations.json
     vitsplit-vlm eval convert-vqav2 --answers A.jsonl \\
@@ -25,9 +35,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from vitsplit_vlm.eval import mmbench, pope, vqav2
+from vitsplit_vlm.eval import answer, mmbench, pope, vqav2
 from vitsplit_vlm.eval.io import EvalInputError, read_answers
 
 
@@ -174,8 +185,86 @@ def _convert_mmbench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _answer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, choices=answer.TASKS)
+    p.add_argument("--model-path", required=True, type=Path, help="saved model folder")
+    p.add_argument(
+        "--question-file",
+        required=True,
+        type=Path,
+        help="LLaVA question JSONL (vqav2, pope) or MMBench TSV (mmbench)",
+    )
+    p.add_argument("--image-folder", type=Path, help="images of the question file (not mmbench)")
+    p.add_argument("--answers-file", required=True, type=Path, help="answers JSONL to write")
+    p.add_argument(
+        "--conv-mode",
+        help="conversation template; must equal the model's saved conv_template (default: it)",
+    )
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-p", "--top_p", dest="top_p", type=float, help="with --temperature > 0")
+    p.add_argument("--batch-size", type=int, default=8, help="requests per generate call")
+    p.add_argument("--num-chunks", type=int, default=1, help="split the questions in N chunks")
+    p.add_argument("--chunk-idx", type=int, default=0, help="answer chunk K (0-based)")
+    p.add_argument(
+        "--all-rounds", action="store_true", help="mmbench: every option rotation (round_id)"
+    )
+    p.add_argument(
+        "--single-pred-prompt",
+        action="store_true",
+        help="mmbench: accepted for LLaVA's scripts; the letter instruction is always asked",
+    )
+    p.add_argument("--lang", choices=sorted(mmbench.INSTRUCTIONS), default="en", help="mmbench")
+    p.add_argument(
+        "--max-new-tokens",
+        "--max_new_tokens",
+        dest="max_new_tokens",
+        type=int,
+        help="default: LLaVA's (128; mmbench 1024)",
+    )
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _answer(args: argparse.Namespace) -> dict[str, Any]:
+    request = answer.AnswerRequest(
+        task=args.task,
+        model_path=args.model_path,
+        question_file=args.question_file,
+        image_folder=args.image_folder,
+        answers_file=args.answers_file,
+        conv_mode=args.conv_mode,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        num_chunks=args.num_chunks,
+        chunk_idx=args.chunk_idx,
+        all_rounds=args.all_rounds,
+        max_new_tokens=args.max_new_tokens,
+        lang=args.lang,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    return answer.answer(request)
+
+
+def _merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inputs", required=True, nargs="+", type=Path, help="chunk answer files")
+    p.add_argument("--out", required=True, type=Path, help="merged answers JSONL to write")
+    p.add_argument(
+        "--questions",
+        type=Path,
+        help="the question file (JSONL or MMBench TSV): check every question is answered",
+    )
+
+
+def _merge(args: argparse.Namespace) -> dict[str, Any]:
+    return answer.merge(args.inputs, args.out, questions=args.questions)
+
+
 Action = Callable[[argparse.Namespace], dict[str, Any]]
 ACTIONS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Action, str]] = {
+    "answer": (_answer_args, _answer, "answer a question file with a model (LLaVA's format)"),
+    "merge": (_merge_args, _merge, "concatenate chunk answer files, checking ids"),
     "score-vqav2": (_score_vqav2_args, _score_vqav2, "VQAv2 soft accuracy against annotations"),
     "convert-vqav2": (_convert_vqav2_args, _convert_vqav2, "VQAv2 EvalAI upload file"),
     "score-pope": (_score_pope_args, _score_pope, "POPE accuracy/precision/recall/F1 per category"),

@@ -1,10 +1,11 @@
 """`vitsplit-vlm make-data <dataset>`: generate an offline playground data set.
 
-Generators live in an explicit registry (`GENERATORS`): subcommand name -> (add-arguments,
-run). Example::
+Generators live in an explicit registry (`GENERATORS`): subcommand name -> (help,
+add-arguments, run). Examples::
 
     vitsplit-vlm make-data shapes --out playground/data/shapes --num-train 2000 \\
         --num-heldout 200 --image-size 112 --seed 0
+    vitsplit-vlm make-data evalsets --out playground/data/eval
 """
 
 from __future__ import annotations
@@ -49,11 +50,87 @@ def _run_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evalsets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("playground/data/eval"),
+        help="output folder, LLaVA's playground/data/eval layout (default: %(default)s)",
+    )
+    parser.add_argument("--vqav2-scenes", type=int, default=100, help="VQAv2-style scenes")
+    parser.add_argument("--pope-images", type=int, default=50, help="POPE scenes (x6 per set)")
+    parser.add_argument("--mmbench-scenes", type=int, default=100, help="MMBench-style scenes")
+    parser.add_argument("--image-size", type=int, default=112, help="scene side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--photos",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="add scikit-image's photos to VQAv2 and MMBench (auto: if it is installed)",
+    )
+
+
+def _run_evalsets(args: argparse.Namespace) -> int:
+    from vitsplit_vlm.playground.evalsets import write_evalsets
+
+    paths = write_evalsets(
+        args.out,
+        vqav2_scenes=args.vqav2_scenes,
+        pope_images=args.pope_images,
+        mmbench_scenes=args.mmbench_scenes,
+        image_size=args.image_size,
+        seed=args.seed,
+        photos={"auto": None, "yes": True, "no": False}[args.photos],
+    )
+    for label, path in [
+        ("vqav2", paths.vqav2_questions),
+        ("vqav2 gt", paths.vqav2_annotations),
+        ("pope", paths.pope_questions),
+        ("pope gt", paths.pope_annotations),
+        ("mmbench", paths.mmbench_tsv),
+    ]:
+        print(f"{label:<9} {path}")
+    return 0
+
+
+def _add_dense(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("playground/data/dense"),
+        help="output folder; ade/, nyu/ and coco/ go inside (default: %(default)s)",
+    )
+    parser.add_argument("--num-train", type=int, default=2000, help="training images per set")
+    parser.add_argument("--num-val", type=int, default=200, help="validation images per set")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _run_dense(args: argparse.Namespace) -> int:
+    from vitsplit_vlm.playground.dense_sets import write_dense_sets
+
+    paths = write_dense_sets(
+        args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed
+    )
+    for label, path in [("ADE20K", paths.ade), ("NYU-v2", paths.nyu), ("COCO", paths.coco)]:
+        print(f"{label:<7} {path}")
+    return 0
+
+
 GENERATORS: dict[str, tuple[str, Callable, Callable]] = {
     "shapes": (
         "coloured-shape scenes with captions and short-answer QA (LLaVA format)",
         _add_shapes,
         _run_shapes,
+    ),
+    "evalsets": (
+        "VQAv2 / POPE / MMBench-style eval sets with ground truth (LLaVA's file formats)",
+        _add_evalsets,
+        _run_evalsets,
+    ),
+    "dense": (
+        "shape scenes as ADE20K masks, NYU-v2 depth and COCO instances (dense tasks)",
+        _add_dense,
+        _run_dense,
     ),
 }
 
