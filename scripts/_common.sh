@@ -38,7 +38,7 @@ launch() {
 PLAYGROUND_TRAIN=${PLAYGROUND_TRAIN:-6000}
 PLAYGROUND_HELDOUT=${PLAYGROUND_HELDOUT:-200}
 prepare_playground() {
-  vitsplit-vlm make-tiny --out playground/tiny
+  vitsplit-vlm make-tiny --out playground/tiny --pretrain-llm
   vitsplit-vlm make-data shapes --out playground/data/shapes \
     --num-train "$PLAYGROUND_TRAIN" --num-heldout "$PLAYGROUND_HELDOUT" --image-size 112 --seed 0
 }

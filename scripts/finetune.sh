@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 source scripts/_common.sh
 
 PRESET=${PRESET:-playground}
-MODEL=${MODEL:-playground/tiny/llama}
+MODEL=${MODEL:-playground/tiny/llama-chat}
 VISION=${VISION:-playground/tiny/clip-vit}
 DATA=${DATA:-playground/data/shapes/finetune.json}
 IMAGES=${IMAGES:-playground/data/shapes/images}
@@ -33,7 +33,7 @@ else
   HP=(--per_device_train_batch_size 32 --gradient_accumulation_steps 1
       --max_steps ${STEPS:-600} --learning_rate 1e-3 --model_max_length 512
       --group_by_modality_length True --dataloader_num_workers 0 --save_steps 200
-      --save_total_limit 1)
+      --save_total_limit 1 --gradient_checkpointing False)  # tiny: checkpointing only costs time
 fi
 
 launch \

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 source scripts/_common.sh
 
 PRESET=${PRESET:-playground}
-MODEL=${MODEL:-playground/tiny/llama}
+MODEL=${MODEL:-playground/tiny/llama-chat}
 VISION=${VISION:-playground/tiny/clip-vit}
 DATA=${DATA:-playground/data/shapes/finetune.json}
 IMAGES=${IMAGES:-playground/data/shapes/images}
