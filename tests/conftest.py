@@ -30,3 +30,37 @@ def tiny(tmp_path_factory):
     from vitsplit_vlm.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def _save_untrained_vlm(tiny, folder, *, sharpen_seed: int | None = None):
+    """Build LLaVA + ViT-Split from the tiny Llama and CLIP and save model + processor.
+
+    With `sharpen_seed`, the LLM and connector matrices are redrawn with a larger scale so that
+    greedy answers depend on the prompt and the image (the default init gives near-uniform
+    logits: the same token everywhere)."""
+    import torch
+
+    from vitsplit_vlm.vlm.builder import build_vlm
+
+    built = build_vlm(model_name_or_path=tiny.llama, vision_tower=tiny.clip)
+    if sharpen_seed is not None:
+        generator = torch.Generator().manual_seed(sharpen_seed)
+        with torch.no_grad():
+            for name, param in built.model.named_parameters():
+                if param.ndim == 2 and not name.startswith("model.vision_tower"):
+                    param.normal_(0, 2 / param.shape[1] ** 0.5, generator=generator)
+    built.model.save_pretrained(folder)
+    built.processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def vlm_dir(tiny, tmp_path_factory):
+    """An untrained tiny LLaVA + ViT-Split model folder (model + processor)."""
+    return _save_untrained_vlm(tiny, tmp_path_factory.mktemp("vlm"))
+
+
+@pytest.fixture(scope="session")
+def sharp_vlm_dir(tiny, tmp_path_factory):
+    """As `vlm_dir`, with weights scaled so that answers depend on the prompt and the image."""
+    return _save_untrained_vlm(tiny, tmp_path_factory.mktemp("vlm-sharp"), sharpen_seed=0)

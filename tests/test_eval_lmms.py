@@ -27,23 +27,8 @@ TASKS = REPO / "eval" / "lmms_tasks"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny, tmp_path_factory):
-    """An untrained tiny model with weights scaled up so that answers and option likelihoods
-    depend on the prompt and the image (as in test_eval_answer)."""
-    import torch
-
-    from vitsplit_vlm.vlm.builder import build_vlm
-
-    built = build_vlm(model_name_or_path=tiny.llama, vision_tower=tiny.clip)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in built.model.named_parameters():
-            if param.ndim == 2 and not name.startswith("model.vision_tower"):
-                param.normal_(0, 2 / param.shape[1] ** 0.5, generator=generator)
-    folder = tmp_path_factory.mktemp("vlm")
-    built.model.save_pretrained(folder)
-    built.processor.save_pretrained(folder)
-    return folder
+def model_dir(sharp_vlm_dir):
+    return sharp_vlm_dir
 
 
 @pytest.fixture(scope="module")

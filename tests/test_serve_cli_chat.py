@@ -23,15 +23,8 @@ MAX_NEW = 12
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny, tmp_path_factory) -> Path:
-    """An untrained tiny LLaVA + ViT-Split saved as a model folder (model + processor)."""
-    from vitsplit_vlm.vlm.builder import build_vlm
-
-    out = tmp_path_factory.mktemp("vlm")
-    built = build_vlm(model_name_or_path=tiny.llama, vision_tower=tiny.clip)
-    built.model.save_pretrained(out)
-    built.processor.save_pretrained(out)
-    return out
+def model_dir(vlm_dir) -> Path:
+    return vlm_dir
 
 
 @pytest.fixture(scope="module")
