@@ -34,6 +34,6 @@ def test_embedded_default_learns(tmp_path):
     real = evaluate(engine, questions, data / "images", progress=False)["accuracy"]
     blank = evaluate(engine, questions, data / "images", control="blank", progress=False)
     base = chance(questions)
-    assert real["overall"] >= base["overall"] + 0.15, (real, base)
-    assert real["overall"] >= blank["accuracy"]["overall"] + 0.15, (real, blank["accuracy"])
+    assert real["overall"] >= base["overall"] + 0.12, (real, base)
+    assert real["overall"] >= blank["accuracy"]["overall"] + 0.12, (real, blank["accuracy"])
     assert real["count"] >= 0.9  # counting is read off the image reliably
