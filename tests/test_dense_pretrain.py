@@ -1,0 +1,57 @@
+"""`make-tiny --pretrain` machinery and the `make-data dense` command, kept to a few steps."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from transformers import AutoModel
+
+from vitsplit_vlm.cli import main
+from vitsplit_vlm.dense.checkpoint import fingerprint
+from vitsplit_vlm.dense.pretrain import (
+    MANIFEST,
+    layer_cka,
+    linear_cka,
+    patch_targets,
+    pretrain_dinov2,
+)
+
+
+def test_pretrain_is_deterministic_and_loadable(tiny, tmp_path):
+    a = pretrain_dinov2(tiny.dinov2, tmp_path / "a", steps=3, batch_size=4, log=None)
+    b = pretrain_dinov2(tiny.dinov2, tmp_path / "b", steps=3, batch_size=4, log=None)
+    ma, mb = AutoModel.from_pretrained(a), AutoModel.from_pretrained(b)
+    assert fingerprint(ma) == fingerprint(mb)
+    assert fingerprint(ma) != fingerprint(AutoModel.from_pretrained(tiny.dinov2))
+    info = json.loads((a / MANIFEST).read_text())
+    assert info["args"]["steps"] == 3 and len(info["cka_with_last"]["pretrained"]) == 8
+    assert (a / "preprocessor_config.json").is_file()
+    stamp = (a / MANIFEST).stat().st_mtime_ns
+    pretrain_dinov2(tiny.dinov2, a, steps=3, batch_size=4, log=None)  # up to date: no-op
+    assert (a / MANIFEST).stat().st_mtime_ns == stamp
+
+
+def test_cka_and_patch_targets():
+    x = torch.randn(50, 6)
+    assert abs(linear_cka(x, x) - 1) < 1e-6
+    assert abs(linear_cka(x, 3 * x + 1) - 1) < 1e-5
+    pixels = torch.arange(2 * 3 * 28 * 28, dtype=torch.float32).view(2, 3, 28, 28)
+    targets = patch_targets(pixels, 14)
+    assert targets.shape == (2, 4, 12)
+    assert targets[0, 0, 0] == pixels[0, 0, :7, :7].mean()
+
+
+def test_layer_cka_last_is_one(tiny):
+    values = layer_cka(AutoModel.from_pretrained(tiny.dinov2), torch.randn(2, 3, 56, 56))
+    assert len(values) == 8 and abs(values[-1] - 1) < 1e-5
+
+
+def test_make_data_dense_command(tmp_path, capsys):
+    out = tmp_path / "dense"
+    assert (
+        main(["make-data", "dense", "--out", str(out), "--num-train", "2", "--num-val", "1"]) == 0
+    )
+    assert (out / "ade" / "objectInfo.csv").is_file() and (out / "nyu" / "nyu_test.txt").is_file()
+    assert (out / "coco" / "annotations" / "instances_val2017.json").is_file()
+    assert "COCO" in capsys.readouterr().out

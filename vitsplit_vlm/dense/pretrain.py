@@ -1,0 +1,196 @@
+"""A briefly pretrained tiny DINOv2, so the playground has a layer hierarchy (DESIGN §9).
+
+A randomly initialised ViT has no early / late split: every layer's features are nearly the same
+(CKA 0.985-1.0 with the last layer), so ViT-Split's reasons to exist cannot show on it. This
+module trains the tiny DINOv2 for a few CPU minutes on generated shape scenes with objectives
+that are *not* the dense downstream tasks:
+
+- multi-label classification of which (shape, colour) pairs the image contains, from the CLS
+  token (24 binary labels: an image-level, binding-of-features objective);
+- masked-patch prediction: 30% of the patches are replaced by DINOv2's mask token and the model
+  regresses each masked patch's 2x2-pooled normalised colours (12 values) from its output token.
+
+The two small heads are thrown away; the backbone is saved with ``save_pretrained`` next to the
+random one (``playground/tiny/dinov2-pretrained``), with the image processor and a
+``pretrain.json`` manifest. Training is deterministic for a given seed and thread count
+(scenes come from string-seeded RNGs, weights from a forked torch RNG).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MANIFEST = "pretrain.json"
+VERSION = 1
+MASK_RATIO = 0.3
+
+
+def _pair_index() -> dict[tuple[str, str], int]:
+    from vitsplit_vlm.playground.shapes import COLOURS, SHAPES
+
+    return {(s, c): i for i, (s, c) in enumerate((s, c) for s in SHAPES for c in COLOURS)}
+
+
+def make_batch(
+    step: int, batch_size: int, seed: int, mean, std
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, 112, 112) normalised scenes (random flips) and (B, 24) multi-hot pair labels."""
+    from vitsplit_vlm.playground.shapes import sample_scene
+
+    pairs = _pair_index()
+    images, labels = [], torch.zeros(batch_size, len(pairs))
+    for b in range(batch_size):
+        rng = random.Random(f"dinov2-pretrain-{seed}-{step}-{b}")
+        scene = sample_scene(rng)
+        image = np.asarray(scene.render(), dtype=np.float32) / 255.0
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        images.append(torch.from_numpy(image.copy()).permute(2, 0, 1))
+        for obj in scene.objects:
+            labels[b, pairs[(obj.shape, obj.colour)]] = 1.0
+    x = torch.stack(images)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s, labels
+
+
+def patch_targets(pixels: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, h*w, 12): each patch's colours average-pooled to 2x2."""
+    pooled = F.adaptive_avg_pool2d(
+        pixels, (pixels.shape[-2] // patch * 2, pixels.shape[-1] // patch * 2)
+    )
+    B, C, H2, W2 = pooled.shape
+    pooled = pooled.view(B, C, H2 // 2, 2, W2 // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return pooled.reshape(B, (H2 // 2) * (W2 // 2), C * 4)
+
+
+def _lr(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def pretrain_dinov2(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    steps: int = 600,
+    batch_size: int = 16,
+    lr: float = 5e-4,
+    seed: int = 0,
+    force: bool = False,
+    threads: int | None = None,
+    log=print,
+) -> Path:
+    """Pretrain the DINOv2 at `src` and save it to `dst` (a no-op when `dst`'s manifest matches).
+
+    `threads`: torch threads while training (default ``OMP_NUM_THREADS`` or 1); the result is
+    bit-identical for the same seed and thread count.
+    """
+
+    src, dst = Path(src), Path(dst)
+    args = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "version": VERSION}
+    try:
+        done = json.loads((dst / MANIFEST).read_text())
+        if not force and done.get("args") == args and done.get("source") == str(src):
+            return dst
+    except (OSError, ValueError):
+        pass
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        return _pretrain(src, dst, args, steps, batch_size, lr, seed, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _pretrain(src: Path, dst: Path, args: dict, steps, batch_size, lr, seed, log) -> Path:
+    from transformers import AutoModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModel.from_pretrained(src)
+        cfg = model.config
+        cls_head = nn.Linear(cfg.hidden_size, len(_pair_index()))
+        pix_head = nn.Linear(cfg.hidden_size, 12)
+        processor = json.loads((src / "preprocessor_config.json").read_text())
+        mean, std = processor["image_mean"], processor["image_std"]
+        params = [*model.parameters(), *cls_head.parameters(), *pix_head.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr(s, steps, 20))
+        mask_gen = torch.Generator().manual_seed(seed)
+        model.train()
+        history, start = [], time.perf_counter()
+        for step in range(steps):
+            pixels, labels = make_batch(step, batch_size, seed, mean, std)
+            num_patches = (pixels.shape[-1] // cfg.patch_size) ** 2
+            masked = torch.rand(batch_size, num_patches, generator=mask_gen) < MASK_RATIO
+            tokens = model(pixel_values=pixels, bool_masked_pos=masked).last_hidden_state
+            cls_loss = F.binary_cross_entropy_with_logits(cls_head(tokens[:, 0]), labels)
+            pred = pix_head(tokens[:, 1:])
+            pix_loss = F.mse_loss(pred[masked], patch_targets(pixels, cfg.patch_size)[masked])
+            loss = cls_loss + pix_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            entry = {
+                "step": step + 1,
+                "cls": float(cls_loss.detach()),
+                "pix": float(pix_loss.detach()),
+            }
+            history.append(entry)
+            if log and (step == 0 or (step + 1) % 25 == 0 or step + 1 == steps):
+                log(json.dumps({**entry, "s": round(time.perf_counter() - start, 1)}))
+    model.eval()
+    if dst.exists():
+        shutil.rmtree(dst)
+    model.save_pretrained(dst)
+    shutil.copy(src / "preprocessor_config.json", dst / "preprocessor_config.json")
+    probe, _ = make_batch(10**6, 32, seed + 1, mean, std)  # scenes never trained on
+    manifest = {
+        "source": str(src),
+        "args": args,
+        "objective": "multi-label (shape, colour) pairs from CLS + masked 2x2-colour patch regression",
+        "first": history[0],
+        "last": {k: sum(h[k] for h in history[-25:]) / len(history[-25:]) for k in ("cls", "pix")},
+        "seconds": round(time.perf_counter() - start, 1),
+        "cka_with_last": {
+            "random": [round(v, 4) for v in layer_cka(AutoModel.from_pretrained(src), probe)],
+            "pretrained": [round(v, 4) for v in layer_cka(model, probe)],
+        },
+    }
+    (dst / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return dst
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA between two (N, D) feature sets (Kornblith et al. 2019)."""
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    cross = (y.T @ x).norm() ** 2
+    return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+@torch.no_grad()
+def layer_cka(model: nn.Module, pixels: torch.Tensor) -> list[float]:
+    """CKA of every block's patch tokens with the last block's, (B, 3, H, W) -> N values."""
+    from vitsplit_vlm.core.trunk import frozen_hidden_states, trunk_spec
+
+    spec = trunk_spec(model)
+    hidden = frozen_hidden_states(model.eval(), pixels, range(1, spec.num_blocks + 1))
+    feats = {i: h[:, spec.num_prefix_tokens :].reshape(-1, h.shape[-1]) for i, h in hidden.items()}
+    last = feats[spec.num_blocks]
+    return [linear_cka(feats[i], last) for i in range(1, spec.num_blocks + 1)]
