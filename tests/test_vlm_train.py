@@ -175,22 +175,20 @@ def data(tmp_path_factory):
     return write_llava_dataset(root, num_train=16, num_heldout=2, image_size=112, seed=0)
 
 
+# Stage 1 as scripts/pretrain.sh runs it (ZeRO-2, connector only), checkpointing every 2 steps.
+STAGE1_FLAGS = (
+    "--deepspeed", ZERO2, "--version", "plain", "--tune_mm_mlp_adapter", "True",
+    "--save_strategy", "steps", "--save_steps", "2",
+)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def stage1(tiny, data, tmp_path_factory) -> Stage:
     """ZeRO-2, connector only, `plain`; checkpoints at steps 2 and 4 (full model in each)."""
     out = tmp_path_factory.mktemp("stage1")
     summary = train_ok(
         *common(tiny, data, out, data.pretrain, steps=STAGE1_STEPS),
-        "--deepspeed",
-        ZERO2,
-        "--version",
-        "plain",
-        "--tune_mm_mlp_adapter",
-        "True",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        "2",
+        *STAGE1_FLAGS,
     )
     return Stage(out, summary)
 
@@ -312,16 +310,7 @@ def test_resume_continues_from_last_checkpoint(stage1, tiny, data, tmp_path):
     state_file.write_text(json.dumps(state))
     summary = train_ok(
         *common(tiny, data, out, data.pretrain, steps=STAGE1_STEPS),
-        "--deepspeed",
-        ZERO2,
-        "--version",
-        "plain",
-        "--tune_mm_mlp_adapter",
-        "True",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        "2",
+        *STAGE1_FLAGS,
         "--resume_from_checkpoint",
         "True",
     )
