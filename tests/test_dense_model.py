@@ -145,3 +145,13 @@ def test_sparse_gate_selection_trains_the_gate(trunk):
     seg_loss(logits, torch.randint(0, 3, (2, 28, 28))).backward()
     gate = model.split.heads.prior_head.gate.scores
     assert gate.grad is not None and gate.grad.abs().sum() > 0
+
+
+def test_preset_kind_recognises_playground_sets(tmp_path):
+    from vitsplit_vlm.dense.recipes import preset_kind
+    from vitsplit_vlm.playground.dense_sets import write_dense_sets
+
+    sets = write_dense_sets(tmp_path / "d", num_train=1, num_val=1)
+    assert preset_kind("auto", sets.ade) == "playground"
+    assert preset_kind("auto", tmp_path) == "real"
+    assert preset_kind("real", sets.ade) == "real"

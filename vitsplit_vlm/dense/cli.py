@@ -10,8 +10,9 @@
 Without ``--backbone`` the tiny DINOv2 of ``make-tiny`` (``playground/tiny/dinov2``) is used and
 built if missing; without ``--data`` the playground sets of ``make-data dense``
 (``playground/data/dense/{ade,nyu,coco}``) are used and generated if missing. Hyper-parameters
-default to the paper's recipe on real data (`PRESETS`) and to a few-minute CPU run on the
-playground (`vitsplit_vlm.dense.recipes`); every one can be overridden.
+default to the paper's recipe on real data (`PRESETS`) and to a few-minute CPU run on playground
+sets (``--preset auto`` tells them apart; `vitsplit_vlm.dense.recipes`); every one can be
+overridden.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .recipes import (
     eval_config,
     first_size,
     normalization,
+    preset_kind,
     resolve_backbone,
     resolve_data,
     settings,
@@ -69,6 +71,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="data set root in its public layout")
     p.add_argument(
         "--out", type=Path, default=None, help="run folder (default runs/dense/TASK-METHOD)"
+    )
+    p.add_argument(
+        "--preset",
+        default="auto",
+        choices=("auto", "real", "playground"),
+        help="hyper-parameter defaults: the paper's recipe or a few-minute CPU run (auto: "
+        "playground for sets written by make-data dense)",
     )
     p.add_argument(
         "--method",
@@ -184,10 +193,10 @@ def run_train(args: argparse.Namespace) -> int:
     from .engine import TrainConfig, evaluate, train
     from .model import DenseModel, DenseSpec, count_parameters
 
-    playground = args.data is None
     backbone = resolve_backbone(args.backbone).resolve()
     data = resolve_data(args.task, args.data).resolve()
-    opts = settings(args, playground)
+    kind = preset_kind(args.preset, data)
+    opts = settings(args, kind)
     opts.update(max_depth=args.max_depth, depth_scale=args.depth_scale, eval_crop=args.eval_crop,
                 max_eval_images=args.max_eval_images)  # fmt: skip
     out = args.out or Path("runs/dense") / f"{args.task}-{args.method}"
@@ -217,7 +226,7 @@ def run_train(args: argparse.Namespace) -> int:
         num_workers=args.workers, seed=args.seed, log_every=args.log_every,
     )  # fmt: skip
     params = count_parameters(model)
-    print(f"{args.task} / {args.method} on {backbone} ({ref.fingerprint}); data {data}")
+    print(f"{args.task} / {args.method} on {backbone} ({ref.fingerprint}); data {data} ({kind})")
     print(f"trainable parameters: {json.dumps(params)}")
     with open(out / "train_log.jsonl", "w") as log_file:
 

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,9 @@ def ann_to_mask(segmentation, height: int, width: int) -> np.ndarray:
         rle = mask_utils.frPyObjects(segmentation, height, width)
     else:
         rle = segmentation
-    return mask_utils.decode(rle).astype(np.uint8)
+    with warnings.catch_warnings():  # pycocotools 2.0.x under numpy 2: a harmless copy= warning
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle).astype(np.uint8)
 
 
 class COCODetection(DenseDataset):

@@ -2,8 +2,9 @@
 
 `PRESETS` holds the paper's recipe on real data (``"real"``) and a few-minute CPU run on the
 playground (``"playground"``) for each task; command-line flags override single values
-(`settings`). Without ``--backbone`` / ``--data`` the tiny DINOv2 and the playground sets are
-used, built on first use (`resolve_backbone`, `resolve_data`).
+(`settings`); which preset applies is found from the data (`preset_kind`: a set written by
+``make-data dense`` is the playground). Without ``--backbone`` / ``--data`` the tiny DINOv2 and the
+playground sets are used, built on first use (`resolve_backbone`, `resolve_data`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,22 @@ def resolve_data(task: str, path: Path | None) -> Path:
     return DEFAULT_DATA / TASK_SETS[task]
 
 
+def is_playground(data: Path) -> bool:
+    """True for a set written by ``make-data dense`` (its parent holds the generator manifest)."""
+    try:
+        manifest = json.loads((Path(data).parent / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("generator") == "dense"
+
+
+def preset_kind(choice: str, data: Path) -> str:
+    """``"real"`` or ``"playground"``; ``"auto"`` looks at the data set."""
+    if choice != "auto":
+        return choice
+    return "playground" if is_playground(data) else "real"
+
+
 def normalization(backbone: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The backbone's image mean / std (its preprocessor_config.json), ImageNet otherwise."""
     from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -84,9 +101,9 @@ def normalization(backbone: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
         return IMAGENET_MEAN, IMAGENET_STD
 
 
-def settings(args: argparse.Namespace, playground: bool) -> dict:
-    """Preset for (task, real/playground) overridden by every flag given."""
-    values = dict(PRESETS[(args.task, "playground" if playground else "real")])
+def settings(args: argparse.Namespace, kind: str) -> dict:
+    """Preset for (task, `kind` = "real" | "playground") overridden by every flag given."""
+    values = dict(PRESETS[(args.task, kind)])
     for key in list(values):
         given = getattr(args, key, None)
         if given is not None:
