@@ -155,3 +155,46 @@ def test_preset_kind_recognises_playground_sets(tmp_path):
     assert preset_kind("auto", sets.ade) == "playground"
     assert preset_kind("auto", tmp_path) == "real"
     assert preset_kind("real", sets.ade) == "real"
+
+
+@pytest.mark.parametrize("head_cls", [SegHead, DepthHead])
+def test_checkpointed_head_same_gradients_fewer_saved_tensors(head_cls):
+    torch.manual_seed(0)
+    head = head_cls(64, 5) if head_cls is SegHead else head_cls(64)
+    x = torch.randn(2, 64, 6, 6, requires_grad=True)
+    results = {}
+    for on in (False, True):
+        head.checkpoint_up = on
+        head.zero_grad()
+        x.grad = None
+        saved: list[int] = []
+
+        def pack(t, saved=saved):
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = head(x, (24, 24))
+        (out.square().mean()).backward()
+        grads = [x.grad.clone()] + [p.grad.clone() for p in head.parameters()]
+        # BatchNorm statistics must move once per step whether or not the stack is recomputed.
+        results[on] = (out.detach(), grads, sum(saved), head.norm.num_batches_tracked.item())
+    (out0, grads0, saved0, bn0), (out1, grads1, saved1, bn1) = results[False], results[True]
+    torch.testing.assert_close(out1, out0)
+    for g1, g0 in zip(grads1, grads0, strict=True):
+        torch.testing.assert_close(g1, g0)
+    assert bn1 == bn0 + 1
+    assert saved1 < 0.7 * saved0, (saved1, saved0)
+
+
+def test_resize_false_returns_head_resolution_logits(trunk):
+    model = DenseModel(trunk, DenseSpec(task="seg", num_classes=4))
+    pixels = torch.randn(1, 3, 56, 56)
+    low = model(pixels, resize=False)
+    assert low.shape[-2:] == (4 * 56 // model.patch_size,) * 2
+    torch.testing.assert_close(
+        torch.nn.functional.interpolate(low, (56, 56), mode="bilinear", align_corners=False),
+        model(pixels),
+    )
+    with pytest.raises(ValueError, match="resize=False is for segmentation"):
+        DenseModel(trunk, DenseSpec(task="depth"))(pixels, resize=False)

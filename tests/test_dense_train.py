@@ -231,9 +231,10 @@ def test_cli_train_eval_predict(tiny, sets, tmp_path, capsys):
     seg_out, det_out = tmp_path / "seg", tmp_path / "det"
     assert main(["dense", "train", "--task", "seg", "--data", str(sets.ade), "--out", str(seg_out),
                  "--crop-size", "56", "--scale", "224,56", "--eval-mode", "slide",
-                 "--eval-stride", "28", *common]) == 0  # fmt: skip
+                 "--eval-stride", "28", "--checkpoint-head", *common]) == 0  # fmt: skip
     metrics = json.loads((seg_out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and "mIoU" in metrics["eval"]
+    assert metrics["train"]["checkpoint_head"] is True
     assert main(["dense", "train", "--task", "det", "--data", str(sets.coco), "--out", str(det_out),
                  "--scale", "56,56", "--roi-batch", "16", "--k", "2", "--n", "2", *common]) == 0  # fmt: skip
     assert "bbox_mAP" in json.loads((det_out / "metrics.json").read_text())["eval"]

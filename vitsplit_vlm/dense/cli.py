@@ -124,6 +124,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("poly", "onecycle", "step", "constant"), help=preset)
     p.add_argument("--warmup-iters", type=int, help=f"linear warmup steps ({preset})")
     p.add_argument("--grad-clip", type=float, help="max grad norm (0 = off)")
+    p.add_argument(
+        "--checkpoint-head", action="store_true",
+        help="seg/depth: recompute the head's upsampling in backward (less memory, ~5%% compute)",
+    )  # fmt: skip
     p.add_argument("--crop-size", type=_pair, help="training crop N or H,W")
     p.add_argument("--scale", type=_pair, help="resize scale LONG,SHORT (seg/det)")
     p.add_argument("--ratio-range", type=_floats, help="det: random rescale range, e.g. 0.8,1.25")
@@ -223,7 +227,8 @@ def run_train(args: argparse.Namespace) -> int:
         iters=opts["iters"], batch_size=opts["batch_size"], lr=opts["lr"],
         weight_decay=opts["weight_decay"], task_head_lr_mult=args.task_head_lr_mult,
         schedule=opts["schedule"], warmup_iters=opts["warmup_iters"], grad_clip=opts["grad_clip"],
-        num_workers=args.workers, seed=args.seed, log_every=args.log_every,
+        checkpoint_head=args.checkpoint_head, num_workers=args.workers, seed=args.seed,
+        log_every=args.log_every,
     )  # fmt: skip
     params = count_parameters(model)
     print(f"{args.task} / {args.method} on {backbone} ({ref.fingerprint}); data {data} ({kind})")

@@ -200,7 +200,7 @@ class DenseModel(nn.Module):
     def decode(
         self,
         fused: torch.Tensor,
-        size: tuple[int, int],
+        size: tuple[int, int] | None,
         images: ImageList | None = None,
         targets: list[dict] | None = None,
     ):
@@ -209,13 +209,18 @@ class DenseModel(nn.Module):
             return self.head(fused, images, targets)
         return self.head(fused, size)
 
-    def forward(self, pixels, targets: list[dict] | None = None):
+    def forward(self, pixels, targets: list[dict] | None = None, *, resize: bool = True):
+        """See the class docstring. ``resize=False`` (seg only) returns the head's logits at its
+        own 4x-grid resolution, for `seg_loss` to resize without full-size activations."""
         if self.spec.task == "det":
             images = (
                 pixels if isinstance(pixels, ImageList) else batch_images(pixels, self.patch_size)
             )
             return self.decode(self.features(images.tensors), None, images, targets)
-        return self.decode(self.features(pixels), tuple(pixels.shape[-2:]))
+        if not resize and self.spec.task != "seg":
+            raise ValueError("resize=False is for segmentation logits; depth is resized in-head")
+        size = tuple(pixels.shape[-2:]) if resize else None
+        return self.decode(self.features(pixels), size)
 
 
 def count_parameters(model: DenseModel) -> dict[str, int]:

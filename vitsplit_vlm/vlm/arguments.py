@@ -18,7 +18,8 @@ FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "-
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        default=f"{PLAYGROUND}/tiny/llama-chat", metadata={"help": "LLM folder or hub name (Vicuna)"}
+        default=f"{PLAYGROUND}/tiny/llama-chat",
+        metadata={"help": "LLM folder or hub name (Vicuna)"},
     )
     version: str = field(
         default="vicuna_v1", metadata={"help": "conversation template: plain (stage 1), vicuna_v1"}
