@@ -251,3 +251,17 @@ def test_cli_train_eval_predict(tiny, sets, tmp_path, capsys):
     first = sorted(images.iterdir())[0]
     assert Image.open(pred / f"{first.stem}_seg.png").size == Image.open(first).size
     assert (pred / f"{first.stem}_det.png").is_file()
+
+
+def test_layer_defaults_follow_the_paper_per_task_and_size():
+    from vitsplit_vlm.dense.recipes import layer_defaults
+
+    assert layer_defaults("seg", 12, 384)[0] == (3, 4, 2)
+    assert layer_defaults("seg", 24, 1024)[0] == (4, 8, 2)
+    assert layer_defaults("depth", 24, 1024)[0] == (3, 4, 6)
+    assert layer_defaults("det", 12, 768) == ((11, 5, 2), "paper setting for det on DINOv2-B")
+    assert layer_defaults("det", 24, 1024)[0] == (23, 8, 2)
+    # the tiny playground trunk (8 blocks, width 192) and trunks the paper never trained
+    assert layer_defaults("det", 8, 192)[0] == (3, 4, 2)
+    assert layer_defaults("seg", 40, 1536)[0] == (3, 4, 2)
+    assert layer_defaults("seg", 3, 64)[0] == (2, 2, 1)  # clipped: a frozen block, 2 priors

@@ -27,6 +27,7 @@ from .recipes import (
     build_dataset,
     eval_config,
     first_size,
+    layer_defaults,
     normalization,
     preset_kind,
     resolve_backbone,
@@ -85,17 +86,16 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         choices=("vitsplit", "linear", "full"),
         help="vitsplit: frozen trunk + heads; linear: frozen last layer + head; full: fine-tune all",
     )
+    layers = "default: the paper's for the task on DINOv2-S/B/L, else 3 / 4 / 2 (PAPER_LAYERS)"
     p.add_argument(
-        "--k",
-        type=int,
-        default=3,
-        help="blocks copied into the task head (paper: seg S/B 3, L 4; depth 3/4/3; det S/B 11, "
-        "L 23)",
-    )
+        "--k", type=int, default=None,
+        help=f"blocks copied into the task head (seg S/B 3, L 4; depth 3/4/3; det 11/11/23; {layers})",
+    )  # fmt: skip
     p.add_argument(
-        "--n", type=int, default=4, help="frozen layers read by the prior head (paper: 4, L seg 8)"
-    )
-    p.add_argument("--s", type=int, default=2, help="first prior block (uniform selection)")
+        "--n", type=int, default=None,
+        help=f"frozen layers read by the prior head (seg 4, L 8; det 5/5/8; {layers})",
+    )  # fmt: skip
+    p.add_argument("--s", type=int, default=None, help=f"first prior block (uniform; {layers})")
     p.add_argument(
         "--selection",
         default="uniform",
@@ -124,6 +124,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("poly", "onecycle", "step", "constant"), help=preset)
     p.add_argument("--warmup-iters", type=int, help=f"linear warmup steps ({preset})")
     p.add_argument("--grad-clip", type=float, help="max grad norm (0 = off)")
+    p.add_argument(
+        "--eval-untrained", action="store_true",
+        help="also evaluate the model before training (metrics.json: eval_untrained)",
+    )  # fmt: skip
     p.add_argument(
         "--checkpoint-head", action="store_true",
         help="seg/depth: recompute the head's upsampling in backward (less memory, ~5%% compute)",
@@ -212,13 +216,19 @@ def run_train(args: argparse.Namespace) -> int:
     extra = {}
     if args.task == "det":
         extra["rcnn"] = {"box_batch_size_per_image": opts["roi_batch"], **opts.get("rcnn", {})}
+    trunk = load_trunk(backbone)
+    (k, n, s), origin = layer_defaults(
+        args.task, trunk.config.num_hidden_layers, trunk.config.hidden_size
+    )
+    k, n, s = (args.k or k), (args.n or n), (s if args.s is None else args.s)
+    if args.method == "vitsplit":
+        print(f"layers: k={k} n={n} s={s} ({origin} unless given as flags)")
     spec = DenseSpec(
-        task=args.task, method=args.method, k=args.k, n=args.n, s=args.s, selection=args.selection,
+        task=args.task, method=args.method, k=k, n=n, s=s, selection=args.selection,
         components=tuple(c for c in args.components.split(",") if c),
         deform_offset_init=args.deform_offset_init, num_classes=num_classes,
         class_names=getattr(train_set, "class_names", None), max_depth=args.max_depth, extra=extra,
     )  # fmt: skip
-    trunk = load_trunk(backbone)
     ref = TrunkRef(str(backbone), fingerprint(trunk), trunk.config.model_type,
                    trunk.config.num_hidden_layers, trunk.config.hidden_size)  # fmt: skip
     torch.manual_seed(args.seed)
@@ -231,6 +241,11 @@ def run_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
     )  # fmt: skip
     params = count_parameters(model)
+    untrained = None
+    if args.eval_untrained:  # the baseline "metrics improve over the untrained model" refers to
+        val_set = build_dataset(args.task, data, "val", opts, mean, std, train=False)
+        untrained = evaluate(model, val_set, eval_config(args.task, opts, first_size(val_set)))
+        print(f"untrained: {json.dumps(_summary(untrained))}")
     print(f"{args.task} / {args.method} on {backbone} ({ref.fingerprint}); data {data} ({kind})")
     print(f"trainable parameters: {json.dumps(params)}")
     with open(out / "train_log.jsonl", "w") as log_file:
@@ -248,6 +263,8 @@ def run_train(args: argparse.Namespace) -> int:
         "first_loss": result.first_loss, "last_loss": result.last_loss,
         "skipped": result.skips.as_dict(), "params": params,
     }  # fmt: skip
+    if untrained is not None:
+        info["eval_untrained"] = untrained
     ckpt = save_checkpoint(out / "checkpoint.pt", model, trunk=ref, mean=mean, std=std, info=info)
     print(f"checkpoint: {ckpt}")
     if not args.no_eval:
