@@ -315,6 +315,8 @@ def test_resume_continues_from_last_checkpoint(stage1, tiny, data, tmp_path):
         "True",
     )
     assert summary["steps"] == STAGE1_STEPS and summary["first_losses"][0] == 99.0
+    assert summary["resumed_at_step"] == 2  # seconds_per_step counts this run's 2 steps only
+    assert summary["seconds_per_step"] == pytest.approx(summary["train_runtime_s"] / 2, abs=0.01)
     assert (out / "checkpoint-4").is_dir()
     resumed = load_file(str(out / "mm_projector.safetensors"))
     straight = load_file(str(stage1.out / "mm_projector.safetensors"))
@@ -613,12 +615,11 @@ def test_unknown_choice_names_the_flag(flag, tiny, data, tmp_path):
     assert not (tmp_path / "run" / "train_summary.json").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 is allowed on CUDA")
-def test_bf16_refused_on_cpu(tiny, data, tmp_path):
-    with pytest.raises(SystemExit, match="--bf16 True needs a CUDA GPU"):
-        vitsplit_vlm(
-            *common(tiny, data, tmp_path / "run", data.finetune, steps=1), "--bf16", "True"
-        )
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 / fp16 are allowed on CUDA")
+@pytest.mark.parametrize("flag", ["--bf16", "--fp16"])
+def test_half_precision_refused_on_cpu(tiny, data, tmp_path, flag):
+    with pytest.raises(SystemExit, match=f"{flag} True needs a CUDA GPU"):
+        vitsplit_vlm(*common(tiny, data, tmp_path / "run", data.finetune, steps=1), flag, "True")
 
 
 def test_train_help_lists_llava_flags(capsys):

@@ -65,14 +65,15 @@ def make_batch(
     return (x - m) / s, labels
 
 
-def patch_targets(pixels: torch.Tensor, patch: int) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, h*w, 12): each patch's colours average-pooled to 2x2."""
+def patch_targets(pixels: torch.Tensor, patch: int, grid: int = 2) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, h*w, 3*grid*grid): each patch's colours average-pooled to grid x grid."""
+    g = grid
     pooled = F.adaptive_avg_pool2d(
-        pixels, (pixels.shape[-2] // patch * 2, pixels.shape[-1] // patch * 2)
+        pixels, (pixels.shape[-2] // patch * g, pixels.shape[-1] // patch * g)
     )
     B, C, H2, W2 = pooled.shape
-    pooled = pooled.view(B, C, H2 // 2, 2, W2 // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return pooled.reshape(B, (H2 // 2) * (W2 // 2), C * 4)
+    pooled = pooled.view(B, C, H2 // g, g, W2 // g, g).permute(0, 2, 4, 1, 3, 5)
+    return pooled.reshape(B, (H2 // g) * (W2 // g), C * g * g)
 
 
 def _lr(step: int, steps: int, warmup: int) -> float:
@@ -91,6 +92,8 @@ def pretrain_dinov2(
     seed: int = 0,
     force: bool = False,
     threads: int | None = None,
+    target_grid: int = 2,
+    visible_weight: float = 0.0,
     log=print,
 ) -> Path:
     """Pretrain the DINOv2 at `src` and save it to `dst` (a no-op when `dst`'s manifest matches).
@@ -101,6 +104,8 @@ def pretrain_dinov2(
 
     src, dst = Path(src), Path(dst)
     args = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "version": VERSION}
+    if (target_grid, visible_weight) != (2, 0.0):
+        args.update(target_grid=target_grid, visible_weight=visible_weight)
     try:
         done = json.loads((dst / MANIFEST).read_text())
         if not force and done.get("args") == args and done.get("source") == str(src):
@@ -110,12 +115,15 @@ def pretrain_dinov2(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
-        return _pretrain(src, dst, args, steps, batch_size, lr, seed, log)
+        return _pretrain(src, dst, args, steps, batch_size, lr, seed, log, target_grid,
+                         visible_weight)  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _pretrain(src: Path, dst: Path, args: dict, steps, batch_size, lr, seed, log) -> Path:
+def _pretrain(
+    src: Path, dst: Path, args: dict, steps, batch_size, lr, seed, log, target_grid, visible_weight
+) -> Path:
     from transformers import AutoModel
 
     with torch.random.fork_rng(devices=[]):
@@ -123,7 +131,7 @@ def _pretrain(src: Path, dst: Path, args: dict, steps, batch_size, lr, seed, log
         model = AutoModel.from_pretrained(src)
         cfg = model.config
         cls_head = nn.Linear(cfg.hidden_size, len(_pair_index()))
-        pix_head = nn.Linear(cfg.hidden_size, 12)
+        pix_head = nn.Linear(cfg.hidden_size, 3 * target_grid**2)
         processor = json.loads((src / "preprocessor_config.json").read_text())
         mean, std = processor["image_mean"], processor["image_std"]
         params = [*model.parameters(), *cls_head.parameters(), *pix_head.parameters()]
@@ -139,7 +147,10 @@ def _pretrain(src: Path, dst: Path, args: dict, steps, batch_size, lr, seed, log
             tokens = model(pixel_values=pixels, bool_masked_pos=masked).last_hidden_state
             cls_loss = F.binary_cross_entropy_with_logits(cls_head(tokens[:, 0]), labels)
             pred = pix_head(tokens[:, 1:])
-            pix_loss = F.mse_loss(pred[masked], patch_targets(pixels, cfg.patch_size)[masked])
+            target = patch_targets(pixels, cfg.patch_size, target_grid)
+            pix_loss = F.mse_loss(pred[masked], target[masked])
+            if visible_weight:
+                pix_loss = pix_loss + visible_weight * F.mse_loss(pred[~masked], target[~masked])
             loss = cls_loss + pix_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -56,11 +56,13 @@ def choose_precision(argv: list[str]) -> list[str]:
         if _cuda() and torch.cuda.is_bf16_supported():
             return [*argv, "--bf16", "True"]
         return argv
-    if bf16 is not None and bf16.lower() in ("true", "1") and not _cuda():
-        raise SystemExit(
-            "--bf16 True needs a CUDA GPU (DeepSpeed refuses bf16 on CPU): drop the flag to let "
-            "the trainer pick fp32 here, or pass --bf16 False"
-        )
+    for flag in ("--bf16", "--fp16"):
+        value = _flag_value(argv, flag)
+        if value is not None and value.lower() in ("true", "1") and not _cuda():
+            raise SystemExit(
+                f"{flag} True needs a CUDA GPU (DeepSpeed refuses half precision on CPU): drop "
+                f"the flag to let the trainer pick fp32 here, or pass {flag} False"
+            )
     return argv
 
 
@@ -265,7 +267,7 @@ def train(argv: list[str]) -> dict:
     from .builder import build_vlm
     from .conversation import get_template
     from .data import DataCollator, LazySupervisedDataset, summarize_skips
-    from .trainer import VLMTrainer
+    from .trainer import StartStep, VLMTrainer
 
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
@@ -319,7 +321,10 @@ def train(argv: list[str]) -> dict:
     trainer = VLMTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=collator
     )
+    start_step = StartStep()
+    trainer.add_callback(start_step)
     result = trainer.train(resume_from_checkpoint=resume_arg(training_args) or None)
+    steps_this_run = max(trainer.state.global_step - start_step.step, 1)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {
         "stage": 1 if model_args.tune_mm_mlp_adapter else 2,
@@ -328,9 +333,8 @@ def train(argv: list[str]) -> dict:
         "trainable": counts,
         "steps": trainer.state.global_step,
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-        "seconds_per_step": round(
-            result.metrics.get("train_runtime", 0.0) / max(trainer.state.global_step, 1), 4
-        ),
+        "resumed_at_step": start_step.step,
+        "seconds_per_step": round(result.metrics.get("train_runtime", 0.0) / steps_this_run, 4),
         "first_losses": losses[:5],
         "last_losses": losses[-5:],
         "skipped": summarize_skips(skip_log),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .sampler import LengthGroupedSampler
 
@@ -47,3 +47,12 @@ class VLMTrainer(Trainer):
         cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = cls(param_groups, **kwargs)
         return self.optimizer
+
+
+class StartStep(TrainerCallback):
+    """Remembers the step training (re)started from, so a resumed run times only its own steps."""
+
+    step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step
