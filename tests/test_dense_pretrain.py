@@ -40,6 +40,10 @@ def test_cka_and_patch_targets():
     targets = patch_targets(pixels, 14)
     assert targets.shape == (2, 4, 12)
     assert targets[0, 0, 0] == pixels[0, 0, :7, :7].mean()
+    fine = patch_targets(pixels, 14, grid=4)  # the default objective's 4x4 colours per patch
+    assert fine.shape == (2, 4, 48)
+    assert fine[0, 0, 0] == pixels[0, 0, :4, :4].mean()  # 14 px -> 4 bins: [0, 4), [3, 7), ...
+    assert fine[1, 3, 47] == pixels[1, 2, 24:, 24:].mean()  # last patch, last bin, blue
 
 
 def test_layer_cka_last_is_one(tiny):

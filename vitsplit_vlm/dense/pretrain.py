@@ -7,8 +7,15 @@ that are *not* the dense downstream tasks:
 
 - multi-label classification of which (shape, colour) pairs the image contains, from the CLS
   token (24 binary labels: an image-level, binding-of-features objective);
-- masked-patch prediction: 30% of the patches are replaced by DINOv2's mask token and the model
-  regresses each masked patch's 2x2-pooled normalised colours (12 values) from its output token.
+- patch reconstruction: 30% of the patches are replaced by DINOv2's mask token and the model
+  regresses every patch's 4x4-pooled normalised colours (48 values) from its output token, the
+  masked ones from context and the visible ones as an auto-encoder (weight 1 each).
+
+Version 1 regressed only the masked patches' 2x2-pooled colours: its last layers kept so little
+of the image that on the playground segmentation set it scored below the random trunk (linear
+34.7 vs 54.1 mIoU, ViT-Split 80.2 vs 91.4). Version 2 (this one, ``target_grid=4,
+visible_weight=1``) measured linear 53.6, prior+head 90.1, ViT-Split 92.7, with a clearer layer
+hierarchy (CKA with the last layer from 0.48 in the middle blocks, against 0.73-0.99 before).
 
 The two small heads are thrown away; the backbone is saved with ``save_pretrained`` next to the
 random one (``playground/tiny/dinov2-pretrained``), with the image processor and a
@@ -32,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MANIFEST = "pretrain.json"
-VERSION = 1
+VERSION = 2
 MASK_RATIO = 0.3
 
 
@@ -92,8 +99,8 @@ def pretrain_dinov2(
     seed: int = 0,
     force: bool = False,
     threads: int | None = None,
-    target_grid: int = 2,
-    visible_weight: float = 0.0,
+    target_grid: int = 4,
+    visible_weight: float = 1.0,
     log=print,
 ) -> Path:
     """Pretrain the DINOv2 at `src` and save it to `dst` (a no-op when `dst`'s manifest matches).
@@ -103,9 +110,8 @@ def pretrain_dinov2(
     """
 
     src, dst = Path(src), Path(dst)
-    args = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "version": VERSION}
-    if (target_grid, visible_weight) != (2, 0.0):
-        args.update(target_grid=target_grid, visible_weight=visible_weight)
+    args = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "version": VERSION,
+            "target_grid": target_grid, "visible_weight": visible_weight}  # fmt: skip
     try:
         done = json.loads((dst / MANIFEST).read_text())
         if not force and done.get("args") == args and done.get("source") == str(src):
@@ -174,7 +180,10 @@ def _pretrain(
     manifest = {
         "source": str(src),
         "args": args,
-        "objective": "multi-label (shape, colour) pairs from CLS + masked 2x2-colour patch regression",
+        "objective": (
+            "multi-label (shape, colour) pairs from CLS + masked-context and visible "
+            f"{target_grid}x{target_grid}-colour patch regression (visible weight {visible_weight})"
+        ),
         "first": history[0],
         "last": {k: sum(h[k] for h in history[-25:]) / len(history[-25:]) for k in ("cls", "pix")},
         "seconds": round(time.perf_counter() - start, 1),
