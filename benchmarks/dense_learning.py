@@ -15,17 +15,18 @@ full           whole backbone fine-tuned + head on its last layer (--method full
 =============  ==============================================================
 
 Measured (2026-11-29, seed 0, 600 steps, batch 8, lr 1e-3, poly; 2000 / 200 playground images;
-validation mIoU; the task-head multiplier only affects task+head, prior+task and vitsplit):
+validation mIoU; the task-head multiplier only affects task+head, prior+task and vitsplit;
+pretrained = ``make-tiny --pretrain`` version 2):
 
 ==============  ============  ===============  ============  ===============
 config          random, 1x    random, 0.1x     pretr., 1x    pretr., 0.1x
 ==============  ============  ===============  ============  ===============
-linear          54.1          54.1             34.7          34.7
-prior+head      89.0          89.0             71.0          71.0
-task+head       65.3          58.7             39.9          35.8
-prior+task      80.3          78.0             57.3          46.2
-vitsplit        **91.4**      **90.9**         **80.2**      65.7
-full            59.1          59.1             53.4          53.4
+linear          54.1          54.1             53.6          53.6
+prior+head      88.8          88.8             90.1          90.1
+task+head       65.3          58.7             66.9          56.2
+prior+task      78.6          75.6             79.8          78.7
+vitsplit        **91.2**      **91.3**         **92.7**      **91.3**
+full            59.1          59.1             61.9          61.9
 ==============  ============  ===============  ============  ===============
 
 Each run is one ``vitsplit-vlm dense train`` process (1 thread); ``--jobs`` run side by side.
