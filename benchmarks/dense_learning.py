@@ -150,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": results}
     report["table"] = table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out.with_suffix('.json')}")
+    report_path = args.out.parent / (args.out.name + ".json")  # --out may hold a dot ("0.1x")
+    report_path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {report_path}")
     return 0
 
 

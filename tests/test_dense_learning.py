@@ -45,7 +45,7 @@ def table(tiny, dense_sets, tmp_path_factory):
     argv = ["--backbones", "pretrained", "--pretrained", str(pretrained), "--data", str(data),
             "--out", str(out), "--jobs", "2", "--task-head-lr-mult", "1.0"]  # fmt: skip
     assert module.main(argv) == 0
-    return json.loads(out.with_suffix(".json").read_text())["table"]["pretrained"]
+    return json.loads((root / "table.json").read_text())["table"]["pretrained"]
 
 
 def test_vitsplit_beats_linear_and_full(table):
