@@ -241,10 +241,12 @@ def run_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
     )  # fmt: skip
     params = count_parameters(model)
-    untrained = None
-    if args.eval_untrained:  # the baseline "metrics improve over the untrained model" refers to
+    val_set = eval_cfg = untrained = None
+    if args.eval_untrained or not args.no_eval:
         val_set = build_dataset(args.task, data, "val", opts, mean, std, train=False)
-        untrained = evaluate(model, val_set, eval_config(args.task, opts, first_size(val_set)))
+        eval_cfg = eval_config(args.task, opts, first_size(val_set))
+    if args.eval_untrained:  # the baseline for "metrics improve over the untrained model"
+        untrained = evaluate(model, val_set, eval_cfg)
         print(f"untrained: {json.dumps(_summary(untrained))}")
     print(f"{args.task} / {args.method} on {backbone} ({ref.fingerprint}); data {data} ({kind})")
     print(f"trainable parameters: {json.dumps(params)}")
@@ -268,8 +270,7 @@ def run_train(args: argparse.Namespace) -> int:
     ckpt = save_checkpoint(out / "checkpoint.pt", model, trunk=ref, mean=mean, std=std, info=info)
     print(f"checkpoint: {ckpt}")
     if not args.no_eval:
-        val_set = build_dataset(args.task, data, "val", opts, mean, std, train=False)
-        metrics = evaluate(model, val_set, eval_config(args.task, opts, first_size(val_set)))
+        metrics = evaluate(model, val_set, eval_cfg)
         info["eval"] = metrics
         print(json.dumps(_summary(metrics)))
     (out / "metrics.json").write_text(json.dumps(_jsonable(info), indent=1) + "\n")

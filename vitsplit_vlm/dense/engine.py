@@ -108,10 +108,10 @@ def build_optimizer(model: DenseModel, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def set_head_checkpointing(model: DenseModel, enabled: bool) -> None:
     """Recompute the seg / depth head's upsampling stack in backward (less memory, ~5% compute)."""
-    if enabled and not isinstance(model.head, UpsamplingHead):
-        raise ValueError("--checkpoint-head applies to the seg and depth heads, not to det")
     if isinstance(model.head, UpsamplingHead):
         model.head.checkpoint_up = enabled
+    elif enabled:
+        raise ValueError("--checkpoint-head applies to the seg and depth heads, not to det")
 
 
 def compute_loss(

@@ -55,30 +55,30 @@ class UpsampledCrossEntropy(torch.autograd.Function):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     @staticmethod
-    def _chunks(num_classes: int):
+    def _chunks(num_classes: int, safe: torch.Tensor):
+        """Per class chunk [lo, hi): (lo, hi, the label's index within the chunk, clamped so it
+        can always be gathered, and the (B, 1, H, W) mask of pixels whose label lies in it)."""
         step = UpsampledCrossEntropy.CHUNK
-        return ((c, min(c + step, num_classes)) for c in range(0, num_classes, step))
+        for lo in range(0, num_classes, step):
+            hi = min(lo + step, num_classes)
+            yield lo, hi, (safe - lo).clamp(0, hi - lo - 1), (safe >= lo) & (safe < hi)
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
         size = tuple(labels.shape[-2:])
         valid = labels != ignore_index
         safe = labels.masked_fill(~valid, 0).unsqueeze(1)  # (B, 1, H, W)
-        running_max = running_sum = picked = None
-        for lo, hi in UpsampledCrossEntropy._chunks(logits.shape[1]):
+        like = dict(dtype=torch.promote_types(logits.dtype, torch.float32), device=logits.device)
+        running_max = torch.full(safe.shape, -torch.inf, **like)  # exp(-inf - max) = 0 at start
+        running_sum, picked = torch.zeros(safe.shape, **like), torch.zeros(safe.shape, **like)
+        for lo, hi, index, here in UpsampledCrossEntropy._chunks(logits.shape[1], safe):
             up = UpsampledCrossEntropy._upsampled(logits[:, lo:hi], size)
-            here = (safe >= lo) & (safe < hi)
-            hit = up.gather(1, (safe - lo).clamp(0, hi - lo - 1)) * here
-            chunk_max = up.amax(dim=1, keepdim=True)
-            if running_max is None:
-                running_max, picked = chunk_max, hit
-                running_sum = (up - chunk_max).exp_().sum(dim=1, keepdim=True)
-            else:
-                new_max = torch.maximum(running_max, chunk_max)
-                running_sum = running_sum * (running_max - new_max).exp() + (
-                    (up - new_max).exp_().sum(dim=1, keepdim=True)
-                )
-                running_max, picked = new_max, picked + hit
+            picked = picked + up.gather(1, index) * here
+            new_max = torch.maximum(running_max, up.amax(dim=1, keepdim=True))
+            running_sum = running_sum * (running_max - new_max).exp() + (
+                (up - new_max).exp_().sum(dim=1, keepdim=True)
+            )
+            running_max = new_max
         lse = (running_max + running_sum.log()).squeeze(1)  # (B, H, W)
         n_valid = valid.sum()
         loss = ((lse - picked.squeeze(1)) * valid).sum() / n_valid
@@ -91,11 +91,10 @@ class UpsampledCrossEntropy(torch.autograd.Function):
         size = tuple(safe.shape[-2:])
         scale = (valid * (grad_loss / n_valid)).unsqueeze(1)  # (B, 1, H, W)
         grad_logits = torch.empty_like(logits)
-        for lo, hi in UpsampledCrossEntropy._chunks(logits.shape[1]):
+        for lo, hi, index, here in UpsampledCrossEntropy._chunks(logits.shape[1], safe):
             grad_up = UpsampledCrossEntropy._upsampled(logits[:, lo:hi].detach(), size)
             grad_up.sub_(lse.unsqueeze(1)).exp_()  # softmax of this chunk's classes
-            here = (safe >= lo) & (safe < hi)
-            grad_up.scatter_add_(1, (safe - lo).clamp(0, hi - lo - 1), -here.to(grad_up.dtype))
+            grad_up.scatter_add_(1, index, -here.to(grad_up.dtype))
             grad_up.mul_(scale.to(grad_up.dtype))
             grad_logits[:, lo:hi] = torch.ops.aten.upsample_bilinear2d_backward(
                 grad_up, list(size), [logits.shape[0], hi - lo, *logits.shape[-2:]],

@@ -49,15 +49,14 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 def choose_precision(argv: list[str]) -> list[str]:
     """bf16 on CUDA GPUs that support it unless --bf16/--fp16 is given; fp32 on CPU."""
-    bf16 = _flag_value(argv, "--bf16")
-    if bf16 is None and _flag_value(argv, "--fp16") is None:
+    given = {flag: _flag_value(argv, flag) for flag in ("--bf16", "--fp16")}
+    if all(value is None for value in given.values()):
         import torch
 
         if _cuda() and torch.cuda.is_bf16_supported():
             return [*argv, "--bf16", "True"]
         return argv
-    for flag in ("--bf16", "--fp16"):
-        value = _flag_value(argv, flag)
+    for flag, value in given.items():
         if value is not None and value.lower() in ("true", "1") and not _cuda():
             raise SystemExit(
                 f"{flag} True needs a CUDA GPU (DeepSpeed refuses half precision on CPU): drop "
