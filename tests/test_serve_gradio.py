@@ -48,6 +48,24 @@ def examples(tmp_path_factory) -> list[list[str]]:
     return example_rows(tmp_path_factory.mktemp("examples"))
 
 
+def _timed_engine_class():
+    """The real VLMEngine, recording when each streamed generation starts and ends (server side:
+    the client's job status lags the server, so it cannot tell whether two generations overlapped)."""
+    from vitsplit_vlm.vlm.engine import VLMEngine
+
+    class TimedEngine(VLMEngine):
+        intervals: list[tuple[float, float]] = []
+
+        def stream(self, *args, **kwargs):
+            start = time.monotonic()
+            try:
+                yield from super().stream(*args, **kwargs)
+            finally:
+                self.intervals.append((start, time.monotonic()))
+
+    return TimedEngine
+
+
 @pytest.fixture(scope="module")
 def server(tiny, examples):
     """URL of the demo on a free port; closed at the end of the module."""
@@ -55,12 +73,13 @@ def server(tiny, examples):
 
     from vitsplit_vlm.serve.gradio_demo import build_demo, serve
     from vitsplit_vlm.vlm.builder import build_vlm
-    from vitsplit_vlm.vlm.engine import GenerationSettings, VLMEngine
+    from vitsplit_vlm.vlm.engine import GenerationSettings
 
     torch.manual_seed(0)
     built = build_vlm(model_name_or_path=tiny.llama, vision_tower=tiny.clip)
+    engine = _timed_engine_class()(built.model, built.processor)
     demo = build_demo(
-        VLMEngine(built.model, built.processor),
+        engine,
         model_info="untrained tiny (tests)",
         banner="**Untrained tiny model** (test banner)",
         examples=examples,
@@ -69,8 +88,13 @@ def server(tiny, examples):
     )
     port = _free_port()
     serve(demo, host="127.0.0.1", port=port, max_upload_mb=MAX_UPLOAD_MB, block=False)
-    yield f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{port}/"
+    url_engine[url] = engine
+    yield url
     demo.close()
+
+
+url_engine: dict = {}  # server URL -> its TimedEngine, for tests that look at the server side
 
 
 def _answers(history: list[dict]) -> list[str]:
@@ -123,18 +147,22 @@ def test_client_generation_failure_is_a_note_and_the_server_keeps_serving(server
 
 def test_client_concurrent_users_are_queued_one_at_a_time(server, examples):
     from gradio_client import Client, handle_file
-    from gradio_client.utils import Status
 
-    running = {Status.PROCESSING, Status.ITERATING, Status.PROGRESS}
+    engine = url_engine[server]
+    engine.intervals.clear()
     image = handle_file(examples[1][0])
     jobs = [Client(server, verbose=False).submit(image, q, api_name="/chat") for q in "AB"]
-    deadline, overlap = time.monotonic() + 60, False
+    submitted = time.monotonic()
+    deadline = submitted + 60
     while not all(job.done() for job in jobs):
         assert time.monotonic() < deadline, "the two requests did not finish within 60 s"
-        overlap |= all(job.status().code in running for job in jobs)
-        time.sleep(0.01)
-    assert not overlap, "two generations ran at once with --concurrency 1"
+        time.sleep(0.05)
     assert all(_answers(job.outputs()[-1])[-1].strip() for job in jobs)
+    (_, first_end), (second_start, _) = sorted(engine.intervals)
+    assert submitted < first_end, "the second request came after the first had finished"
+    assert first_end <= second_start, (
+        f"two generations ran at once with --concurrency 1: {engine.intervals}"
+    )
 
 
 @pytest.fixture
