@@ -157,15 +157,28 @@ def test_preset_kind_recognises_playground_sets(tmp_path):
     assert preset_kind("real", sets.ade) == "real"
 
 
+def _plain_head_forward(head, x, size):
+    """The head's layers called one after another: what the recomputing paths must equal."""
+    import torch.nn.functional as F
+
+    last = head.classifier if isinstance(head, SegHead) else head.conv
+    out = F.interpolate(last(head.norm(head.up(x))), size=size, mode="bilinear")
+    return out if isinstance(head, SegHead) else F.relu(out) + head.min_depth
+
+
 @pytest.mark.parametrize("head_cls", [SegHead, DepthHead])
-def test_checkpointed_head_same_gradients_fewer_saved_tensors(head_cls):
+def test_head_recomputation_same_results_fewer_saved_tensors(head_cls):
+    """Default (GN->GELU and BatchNorm recomputed) and --checkpoint-head (whole stack) training
+    give the plain forward's outputs, gradients and BatchNorm statistics, keeping less."""
+    import copy
+
     torch.manual_seed(0)
     head = head_cls(64, 5) if head_cls is SegHead else head_cls(64)
     x = torch.randn(2, 64, 6, 6, requires_grad=True)
     results = {}
-    for on in (False, True):
-        head.checkpoint_up = on
-        head.zero_grad()
+    for mode in ("plain", "default", "checkpoint-head"):
+        model = copy.deepcopy(head).train()
+        model.checkpoint_up = mode == "checkpoint-head"
         x.grad = None
         saved: list[int] = []
 
@@ -174,17 +187,33 @@ def test_checkpointed_head_same_gradients_fewer_saved_tensors(head_cls):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = head(x, (24, 24))
+            for _ in range(2):  # two steps: the running statistics move exactly twice
+                out = (
+                    _plain_head_forward(model, x, (24, 24))
+                    if mode == "plain"
+                    else model(x, (24, 24))
+                )
         (out.square().mean()).backward()
-        grads = [x.grad.clone()] + [p.grad.clone() for p in head.parameters()]
-        # BatchNorm statistics must move once per step whether or not the stack is recomputed.
-        results[on] = (out.detach(), grads, sum(saved), head.norm.num_batches_tracked.item())
-    (out0, grads0, saved0, bn0), (out1, grads1, saved1, bn1) = results[False], results[True]
-    torch.testing.assert_close(out1, out0)
-    for g1, g0 in zip(grads1, grads0, strict=True):
-        torch.testing.assert_close(g1, g0)
-    assert bn1 == bn0 + 1
-    assert saved1 < 0.7 * saved0, (saved1, saved0)
+        grads = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
+        results[mode] = (out.detach(), grads, sum(saved) / 2, model.norm)
+    out0, grads0, saved0, bn0 = results["plain"]
+    # Measured: default keeps 54-57% of the plain path's saved elements, checkpoint-head 20-23%.
+    for mode, max_fraction in (("default", 0.65), ("checkpoint-head", 0.3)):
+        out1, grads1, saved1, bn1 = results[mode]
+        torch.testing.assert_close(out1, out0)
+        for g1, g0 in zip(grads1, grads0, strict=True):
+            torch.testing.assert_close(g1, g0)
+        assert bn1.num_batches_tracked == bn0.num_batches_tracked == 2
+        torch.testing.assert_close(bn1.running_mean, bn0.running_mean)
+        torch.testing.assert_close(bn1.running_var, bn0.running_var)
+        assert saved1 < max_fraction * saved0, (mode, saved1 / saved0)
+    # In evaluation the head reads the running statistics the recomputing path updated.
+    model = copy.deepcopy(head)
+    model.train()(x)
+    with torch.no_grad():
+        expected = _plain_head_forward(model.eval(), x, (24, 24))
+        torch.testing.assert_close(model(x, (24, 24)), expected)
+    assert model.norm.running_mean.abs().sum() > 0
 
 
 def test_resize_false_returns_head_resolution_logits(trunk):
