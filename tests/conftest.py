@@ -6,6 +6,7 @@ runs) and reloaded with `from_pretrained(path)`: no mocks, no downloads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -64,3 +65,23 @@ def vlm_dir(tiny, tmp_path_factory):
 def sharp_vlm_dir(tiny, tmp_path_factory):
     """As `vlm_dir`, with weights scaled so that answers depend on the prompt and the image."""
     return _save_untrained_vlm(tiny, tmp_path_factory.mktemp("vlm-sharp"), sharpen_seed=0)
+
+
+@contextlib.contextmanager
+def _record_saved_tensors():
+    import torch
+
+    sizes: list[int] = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield sizes
+
+
+@pytest.fixture
+def record_saved_tensors():
+    """`with record_saved_tensors() as sizes:` numel of every tensor autograd keeps for backward."""
+    return _record_saved_tensors

@@ -40,19 +40,13 @@ def test_upsampled_cross_entropy_passes_gradcheck(monkeypatch):
     assert torch.autograd.gradcheck(lambda x: UpsampledCrossEntropy.apply(x, labels, 255), logits)
 
 
-def test_upsampled_cross_entropy_keeps_only_low_resolution_tensors():
+def test_upsampled_cross_entropy_keeps_only_low_resolution_tensors(record_saved_tensors):
     # The point of the Function: nothing (B, K, H, W)-sized is saved for backward.
     logits = torch.randn(2, 150, 16, 16, requires_grad=True)
     labels = torch.randint(0, 150, (2, 64, 64))
     full = 2 * 150 * 64 * 64
     for fn, expect_big in ((_reference, True), (seg_loss, False)):
-        saved: list[int] = []
-
-        def pack(t, saved=saved):
-            saved.append(t.numel())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with record_saved_tensors() as saved:
             fn(logits, labels)
         assert (max(saved) >= full) is expect_big, (fn.__name__, max(saved))
 

@@ -167,7 +167,7 @@ def _plain_head_forward(head, x, size):
 
 
 @pytest.mark.parametrize("head_cls", [SegHead, DepthHead])
-def test_head_recomputation_same_results_fewer_saved_tensors(head_cls):
+def test_head_recomputation_same_results_fewer_saved_tensors(head_cls, record_saved_tensors):
     """Default (GN->GELU and BatchNorm recomputed) and --checkpoint-head (whole stack) training
     give the plain forward's outputs, gradients and BatchNorm statistics, keeping less."""
     import copy
@@ -180,13 +180,7 @@ def test_head_recomputation_same_results_fewer_saved_tensors(head_cls):
         model = copy.deepcopy(head).train()
         model.checkpoint_up = mode == "checkpoint-head"
         x.grad = None
-        saved: list[int] = []
-
-        def pack(t, saved=saved):
-            saved.append(t.numel())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with record_saved_tensors() as saved:
             for _ in range(2):  # two steps: the running statistics move exactly twice
                 out = (
                     _plain_head_forward(model, x, (24, 24))
