@@ -97,9 +97,9 @@ def measure(
 
     def step():
         loss = seg_loss(model(pixels, resize=False), labels)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # as dense train: no gradients in the next forward
 
     def sync():
         if device.startswith("cuda"):

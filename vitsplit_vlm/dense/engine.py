@@ -195,11 +195,11 @@ def train(
         if not len(batch):
             continue
         loss, parts = compute_loss(model, batch, depth_loss)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # here, so no gradients live through the next forward
         scheduler.step()
         result.steps += 1
         window.append(parts["loss"])
