@@ -265,3 +265,47 @@ def test_layer_defaults_follow_the_paper_per_task_and_size():
     assert layer_defaults("det", 8, 192)[0] == (3, 4, 2)
     assert layer_defaults("seg", 40, 1536)[0] == (3, 4, 2)
     assert layer_defaults("seg", 3, 64)[0] == (2, 2, 1)  # clipped: a frozen block, 2 priors
+
+
+@pytest.mark.parametrize("task", ["seg", "depth", "det"])
+def test_paper_layer_defaults_train_on_the_dinov2_s_architecture(sets, task):
+    """The settings `dense train` picks for a real DINOv2-S (det: k=11, n=5, s=2) build and take
+    an optimizer step on that architecture (random weights; nothing downloaded)."""
+    from vitsplit_vlm.core.presets import backbone_config
+    from vitsplit_vlm.dense.recipes import layer_defaults
+
+    torch.manual_seed(0)
+    trunk = AutoModel.from_config(backbone_config("dinov2-s"))
+    (k, n, s), _ = layer_defaults(task, trunk.config.num_hidden_layers, trunk.config.hidden_size)
+    extra = {"rcnn": {"box_batch_size_per_image": 16, "rpn_batch_size_per_image": 32}}
+    spec = DenseSpec(
+        task=task,
+        k=k,
+        n=n,
+        s=s,
+        num_classes=None if task == "depth" else 4,
+        extra=extra if task == "det" else {},
+    )
+    model = DenseModel(trunk, spec)
+    frozen_before = [p.detach().clone() for p in model.trunk_module().parameters()]
+    trainable_before = {
+        name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad
+    }
+    ds = {
+        "seg": lambda: ADE20K(sets.ade, "train", transforms=[T.Resize((56, 56))]),
+        "depth": lambda: NYUDepthV2(sets.nyu, "train", transforms=[T.Resize((70, 56))]),
+        "det": lambda: COCODetection(sets.coco, "train"),
+    }[task]()
+    result = _train(model, ds, 1, 1e-3, batch_size=2)
+    assert result.steps == 1 and torch.isfinite(torch.tensor(result.history[0]["loss"]))
+    layers = model.split.layers
+    assert layers.task_blocks == tuple(range(12 - k, 12))
+    assert len(layers.prior_blocks) == n and layers.prior_blocks[0] == s
+    frozen_after = list(model.trunk_module().parameters())
+    assert all(torch.equal(a, b) for a, b in zip(frozen_before, frozen_after, strict=True))
+    moved = [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and not torch.equal(p, trainable_before[name])
+    ]
+    assert any(name.startswith("split.heads.task_head") for name in moved), moved[:5]
