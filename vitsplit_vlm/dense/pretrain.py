@@ -121,16 +121,17 @@ def pretrain_dinov2(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
-        return _pretrain(src, dst, args, steps, batch_size, lr, seed, log, target_grid,
-                         visible_weight)  # fmt: skip
+        return _pretrain(src, dst, args, log)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _pretrain(
-    src: Path, dst: Path, args: dict, steps, batch_size, lr, seed, log, target_grid, visible_weight
-) -> Path:
+def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
+    """Train and save; `args` is the manifest's record of the settings (`pretrain_dinov2`)."""
     from transformers import AutoModel
+
+    steps, batch_size, lr, seed = args["steps"], args["batch_size"], args["lr"], args["seed"]
+    target_grid, visible_weight = args["target_grid"], args["visible_weight"]
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
