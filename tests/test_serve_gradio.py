@@ -48,13 +48,20 @@ def examples(tmp_path_factory) -> list[list[str]]:
     return example_rows(tmp_path_factory.mktemp("examples"))
 
 
-def _timed_engine_class():
-    """The real VLMEngine, recording when each streamed generation starts and ends (server side:
-    the client's job status lags the server, so it cannot tell whether two generations overlapped)."""
+@pytest.fixture(scope="module")
+def engine(tiny):
+    """The untrained tiny model's real VLMEngine, recording when each streamed generation starts
+    and ends on the server (`engine.intervals`): the client's job status lags the server, so it
+    cannot tell whether two generations overlapped."""
+    import torch
+
+    from vitsplit_vlm.vlm.builder import build_vlm
     from vitsplit_vlm.vlm.engine import VLMEngine
 
     class TimedEngine(VLMEngine):
-        intervals: list[tuple[float, float]] = []
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.intervals: list[tuple[float, float]] = []
 
         def stream(self, *args, **kwargs):
             start = time.monotonic()
@@ -63,21 +70,17 @@ def _timed_engine_class():
             finally:
                 self.intervals.append((start, time.monotonic()))
 
-    return TimedEngine
+    torch.manual_seed(0)
+    built = build_vlm(model_name_or_path=tiny.llama, vision_tower=tiny.clip)
+    return TimedEngine(built.model, built.processor)
 
 
 @pytest.fixture(scope="module")
-def server(tiny, examples):
+def server(engine, examples):
     """URL of the demo on a free port; closed at the end of the module."""
-    import torch
-
     from vitsplit_vlm.serve.gradio_demo import build_demo, serve
-    from vitsplit_vlm.vlm.builder import build_vlm
     from vitsplit_vlm.vlm.engine import GenerationSettings
 
-    torch.manual_seed(0)
-    built = build_vlm(model_name_or_path=tiny.llama, vision_tower=tiny.clip)
-    engine = _timed_engine_class()(built.model, built.processor)
     demo = build_demo(
         engine,
         model_info="untrained tiny (tests)",
@@ -88,13 +91,8 @@ def server(tiny, examples):
     )
     port = _free_port()
     serve(demo, host="127.0.0.1", port=port, max_upload_mb=MAX_UPLOAD_MB, block=False)
-    url = f"http://127.0.0.1:{port}/"
-    url_engine[url] = engine
-    yield url
+    yield f"http://127.0.0.1:{port}/"
     demo.close()
-
-
-url_engine: dict = {}  # server URL -> its TimedEngine, for tests that look at the server side
 
 
 def _answers(history: list[dict]) -> list[str]:
@@ -145,10 +143,9 @@ def test_client_generation_failure_is_a_note_and_the_server_keeps_serving(server
     assert _answers(ok)[-1].strip() and not ok[-1].get("metadata")
 
 
-def test_client_concurrent_users_are_queued_one_at_a_time(server, examples):
+def test_client_concurrent_users_are_queued_one_at_a_time(server, engine, examples):
     from gradio_client import Client, handle_file
 
-    engine = url_engine[server]
     engine.intervals.clear()
     image = handle_file(examples[1][0])
     jobs = [Client(server, verbose=False).submit(image, q, api_name="/chat") for q in "AB"]
