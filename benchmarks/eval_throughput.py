@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
 
 def tiny_model(folder: Path) -> Path:
     """An untrained LLaVA + ViT-Split built from the tiny Llama and CLIP (`make-tiny`)."""
-    from vitsplit_vlm.tiny import make_tiny
+    from vitsplit_vlm.playground.tiny import make_tiny
     from vitsplit_vlm.vlm.builder import build_vlm
 
     tiny = make_tiny(folder / "tiny")

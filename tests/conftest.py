@@ -28,7 +28,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """Paths of the tiny models (`TinyPaths`), built once per session by `make_tiny`."""
-    from vitsplit_vlm.tiny import make_tiny
+    from vitsplit_vlm.playground.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny"))
 

@@ -33,7 +33,7 @@ def dense_sets(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def table(tiny, dense_sets, tmp_path_factory):
-    from vitsplit_vlm.dense.pretrain import pretrain_dinov2
+    from vitsplit_vlm.playground.dinov2_pretrain import pretrain_dinov2
 
     root = tmp_path_factory.mktemp("learning")
     pretrained = pretrain_dinov2(tiny.dinov2, root / "dinov2-pretrained", log=None)

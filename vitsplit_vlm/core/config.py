@@ -7,7 +7,8 @@ Index conventions (DESIGN §2, Hugging Face): `hidden_states[0]` is the embeddin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 
 VARIANTS = ("dense", "vlm")
 SELECTIONS = ("uniform", "sparse_gate")
@@ -16,16 +17,27 @@ COMPONENTS = ("prior", "task", "fusion")
 OFFSET_INITS = ("zero", "default")
 
 
+def _setting(help: str, *, choices: tuple | None = None, flag: bool = True) -> dict:
+    """Field metadata: the help text and choices its command-line flag shows (`core.flags`)."""
+    return {"help": help, "choices": choices, "flag": flag}
+
+
 @dataclass(frozen=True)
 class ViTSplitConfig:
-    """How ViT-Split splits a frozen trunk.
+    """How ViT-Split splits a frozen trunk: the one declaration of every ViT-Split setting.
+
+    The VLM stores it nested in `ViTSplitLlavaConfig.vitsplit_config`, dense checkpoints in their
+    `DenseSpec`; `to_dict` / `from_dict` are its serialised form, and `vitsplit_vlm.core.flags`
+    turns the fields marked as flags into command-line options. Each task starts from its own
+    preset (`llava()` for LLaVA-1.5, the paper's per-task layers for dense tasks) and flags
+    override single fields.
 
     Attributes:
-        k: number of trailing blocks copied into the trainable task head.
+        k: number of trailing blocks copied into the task head.
         n: number of frozen intermediate layers the prior head reads.
         s: first block index of uniform prior selection. ``None``: 2 when ``n > 1``; with
             ``n == 1`` the block that produces the feature layer (LLaVA's penultimate state).
-        selection: ``"uniform"`` (DESIGN §2 formula) or ``"sparse_gate"`` (learned top-n gate).
+        selection: ``"uniform"`` (paper §3.2 formula) or ``"sparse_gate"`` (learned top-n gate).
         variant: ``"dense"`` (deformable convs at the trunk width) or ``"vlm"`` (the official
             LLaVA connector: plain convs, fusion projected to ``out_channels``).
         feature_layer: the hidden state the original model hands downstream, HF style
@@ -45,20 +57,59 @@ class ViTSplitConfig:
             ``"default"`` (PyTorch's conv init, as the official code).
     """
 
-    k: int = 3
-    n: int = 4
-    s: int | None = None
-    selection: str = "uniform"
-    variant: str = "dense"
-    feature_layer: int = -1
-    task_input: str | None = None
-    components: tuple[str, ...] = COMPONENTS
-    out_channels: int | None = None
-    prior_layers: tuple[int, ...] | None = None
-    final_norm: bool | None = None
-    gate_temperature: float = 0.5
-    deform_offset_init: str = "zero"
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
+    k: int = field(default=3, metadata=_setting("blocks copied into the trainable task head"))
+    n: int = field(
+        default=4, metadata=_setting("frozen intermediate layers the prior head reads")
+    )
+    s: int | None = field(
+        default=None, metadata=_setting("first prior block of uniform selection")
+    )
+    selection: str = field(
+        default="uniform",
+        metadata=_setting(
+            "prior layers: uniform from s, or a learned top-n gate over all blocks",
+            choices=SELECTIONS,
+        ),
+    )
+    variant: str = field(
+        default="dense", metadata=_setting("set by the task", choices=VARIANTS, flag=False)
+    )
+    feature_layer: int = field(
+        default=-1,
+        metadata=_setting("hidden state handed downstream (-1 last, -2 penultimate)", flag=False),
+    )
+    task_input: str | None = field(
+        default=None,
+        metadata=_setting(
+            "task-head input: all tokens (exact init) or patch tokens (official LLaVA)",
+            choices=TASK_INPUTS,
+        ),
+    )
+    components: tuple[str, ...] = field(
+        default=COMPONENTS,
+        metadata=_setting("comma-separated subset of prior,task,fusion (paper Tab. 6)"),
+    )
+    out_channels: int | None = field(
+        default=None, metadata=_setting("fusion output width (set by the task)", flag=False)
+    )
+    prior_layers: tuple[int, ...] | None = field(
+        default=None,
+        metadata=_setting("comma-separated block indices for the prior head (overrides s)"),
+    )
+    final_norm: bool | None = field(
+        default=None,
+        metadata=_setting("pass frozen features through the trunk's final norm (true/false)"),
+    )
+    gate_temperature: float = field(
+        default=0.5, metadata=_setting("softmax temperature of the sparse gate")
+    )
+    deform_offset_init: str = field(
+        default="zero",
+        metadata=_setting(
+            "deformable conv offsets: zero (a plain 3x3 at start) or PyTorch's default init",
+            choices=OFFSET_INITS,
+        ),
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "components", tuple(self.components))
@@ -141,6 +192,22 @@ class ViTSplitConfig:
     def with_(self, **changes) -> ViTSplitConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain JSON data (tuples as lists); `from_dict` reads it back."""
+        d = asdict(self)
+        d["components"] = list(self.components)
+        if self.prior_layers is not None:
+            d["prior_layers"] = list(self.prior_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ViTSplitConfig:
+        """The config of `to_dict`'s output; an unknown key is an error naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        _check(not unknown, "from_dict", f"unknown settings {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
 
     def resolve(self, num_blocks: int) -> ResolvedLayers:
         """Check the config against a trunk of `num_blocks` blocks and derive every index."""

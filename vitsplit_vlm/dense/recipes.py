@@ -58,7 +58,7 @@ def resolve_backbone(path: Path | None) -> Path:
     if path is not None:
         return path
     if not (DEFAULT_BACKBONE / "config.json").is_file():
-        from vitsplit_vlm.tiny import make_tiny
+        from vitsplit_vlm.playground.tiny import make_tiny
 
         print(f"building the tiny models under {DEFAULT_BACKBONE.parent}")
         make_tiny(DEFAULT_BACKBONE.parent)

@@ -62,7 +62,7 @@ def load_served_model(
 def _untrained_tiny(checkpoint: Path, tiny_root: Path, device: str | None) -> ServedModel:
     import torch
 
-    from ..tiny import make_tiny
+    from ..playground.tiny import make_tiny
     from ..vlm.builder import build_vlm
     from ..vlm.engine import VLMEngine
 

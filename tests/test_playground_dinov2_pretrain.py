@@ -9,7 +9,7 @@ from transformers import AutoModel
 
 from vitsplit_vlm.cli import main
 from vitsplit_vlm.dense.checkpoint import fingerprint
-from vitsplit_vlm.dense.pretrain import (
+from vitsplit_vlm.playground.dinov2_pretrain import (
     MANIFEST,
     layer_cka,
     linear_cka,

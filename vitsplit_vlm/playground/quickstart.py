@@ -46,8 +46,8 @@ def _core_demo() -> bool:
     import torch
     from transformers import AutoImageProcessor, AutoModel
 
-    from .core import ViTSplit, ViTSplitConfig
-    from .playground.shapes import sample_scene
+    from ..core import ViTSplit, ViTSplitConfig
+    from .shapes import sample_scene
     from .tiny import make_tiny
 
     tiny = make_tiny("playground/tiny")
@@ -81,7 +81,7 @@ def _core_demo() -> bool:
 
 
 def _param_table() -> bool:
-    from .params import paper_report
+    from ..params import paper_report
 
     rows = paper_report()
     for r in rows:
@@ -108,8 +108,8 @@ def _train_stage(script: str, out: Path, retrain: bool) -> dict:
 
 
 def _heldout(limit: int | None) -> dict:
-    from .playground.heldout import chance, evaluate, load_heldout
-    from .vlm.engine import VLMEngine
+    from .heldout import chance, evaluate, load_heldout
+    from ..vlm.engine import VLMEngine
 
     questions = load_heldout(DATA / "heldout.jsonl")[:limit]
     engine = VLMEngine.from_pretrained(FINETUNE_OUT)

@@ -392,8 +392,8 @@ def run(args: argparse.Namespace) -> int:
     for name, info in manifest.get("models", {}).items():
         print(f"{paths.root / name}  {info['class']}  {info['params']:,} params")
     if args.pretrain:
-        from .dense.pretrain import MANIFEST as PRETRAIN_MANIFEST
-        from .dense.pretrain import pretrain_dinov2
+        from .dinov2_pretrain import MANIFEST as PRETRAIN_MANIFEST
+        from .dinov2_pretrain import pretrain_dinov2
 
         dst = pretrain_dinov2(
             paths.dinov2, paths.root / "dinov2-pretrained", seed=args.seed, force=args.force
@@ -404,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
             f"{info['last']} in {info['args']['steps']} steps"
         )
     if args.pretrain_llm:
-        from .playground.lm_pretrain import MANIFEST, pretrain_llm
+        from .lm_pretrain import MANIFEST, pretrain_llm
 
         dst = pretrain_llm(paths.llama, paths.root / "llama-chat", seed=args.seed, force=args.force)
         info = json.loads((dst / MANIFEST).read_text())

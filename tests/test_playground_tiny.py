@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitsplit_vlm.playground.shapes import sample_scene
-from vitsplit_vlm.tiny import SPEC, build_model, make_tiny
+from vitsplit_vlm.playground.tiny import SPEC, build_model, make_tiny
 
 VISION = ["clip-vit", "dinov2", "dinov2-reg", "siglip"]
 # folder -> number of tokens in last_hidden_state for a 112 px image (8x8 patches + CLS/registers)
