@@ -196,21 +196,22 @@ def test_cli_chat_refuses_an_unreadable_image(tmp_path, capsys):
 
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    assert main(["chat", "--image-file", str(bad)]) == 2
+    assert main(["chat", "--model-path", str(tmp_path), "--image-file", str(bad)]) == 2
     assert "cannot read an image" in capsys.readouterr().err
 
 
-def test_served_model_default_prefers_the_checkpoint_else_untrained_with_banner(
-    tiny, model_dir, tmp_path
-):
-    from vitsplit_vlm.serve.session import load_served_model
+def test_a_folder_without_a_model_is_one_clear_error(model_dir, tmp_path, capsys):
+    from PIL import Image
 
-    trained = load_served_model(None, device="cpu", checkpoint=model_dir)
-    assert trained.banner is None and trained.min_new_tokens == 0
+    from vitsplit_vlm.cli import main
+    from vitsplit_vlm.serve.session import ModelFolderError, load_served_model
 
-    root = Path(tiny.llama).parent  # already built by the `tiny` fixture: make_tiny returns at once
-    missing = tmp_path / "no-checkpoint"
-    untrained = load_served_model(None, device="cpu", checkpoint=missing, tiny_root=root)
-    assert "Untrained tiny model" in untrained.banner and str(missing) in untrained.banner
-    assert untrained.min_new_tokens > 0
-    assert untrained.engine.template.name == "vicuna_v1"
+    served = load_served_model(model_dir, device="cpu")
+    assert served.engine.template.name == "vicuna_v1" and str(model_dir) in served.description
+    with pytest.raises(ModelFolderError, match="holds no config.json"):
+        load_served_model(tmp_path, device="cpu")
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (32, 32)).save(image)
+    missing = tmp_path / "no-model"
+    assert main(["chat", "--model-path", str(missing), "--image-file", str(image)]) == 2
+    assert f"--model-path {missing} does not exist" in capsys.readouterr().err

@@ -43,9 +43,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> list[list[str]]:
-    from vitsplit_vlm.serve.examples import example_rows
+    """The photos, then 3 playground scenes read from a held-out question file (`--examples`)."""
+    from vitsplit_vlm.playground.shapes import write_llava_dataset
+    from vitsplit_vlm.serve.examples import example_rows, question_examples
 
-    return example_rows(tmp_path_factory.mktemp("examples"))
+    data = write_llava_dataset(tmp_path_factory.mktemp("shapes"), num_train=1, num_heldout=2)
+    scenes = question_examples(data.heldout, limit=3)
+    return example_rows(tmp_path_factory.mktemp("examples"), extra=scenes)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +108,18 @@ def _answers(history: list[dict]) -> list[str]:
 def test_examples_have_real_photos_and_playground_scenes(examples):
     names = [Path(image).name for image, _ in examples]
     assert {"astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"} <= set(names)
-    assert sum(name.startswith("shapes-") for name in names) == 3
+    assert sum(name.startswith("heldout_") for name in names) == 3
     assert all(Path(image).is_file() and question for image, question in examples)
+    assert all("\n" not in question for _, question in examples)
+
+
+def test_question_examples_name_the_row_of_a_missing_image(tmp_path):
+    from vitsplit_vlm.serve.examples import question_examples
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"image": "a.png", "text": "Q?"}\n')
+    with pytest.raises(ValueError, match=r"q.jsonl line 1: image .*a.png not found"):
+        question_examples(questions, tmp_path)
 
 
 def test_client_streams_an_answer(server, examples):

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from vitsplit_vlm.vlm import PROJECTOR_TYPES, ViTSplitLlavaConfig
 from vitsplit_vlm.vlm.builder import build_vlm, connector_state_dict, load_connector
+from vitsplit_vlm.vlm.configuration import connector_preset
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,11 @@ def test_config_rejects_unknown_projector_and_names_flag(tiny):
     with pytest.raises(ValueError, match="--mm_projector_type 'qformer' is unknown"):
         ViTSplitLlavaConfig(mm_projector_type="qformer")
     with pytest.raises(ValueError, match=r"ViTSplitConfig\.k"):
-        build_vlm(model_name_or_path=tiny.llama, vision_tower=tiny.clip, vitsplit_k=4)
+        build_vlm(
+            model_name_or_path=tiny.llama,
+            vision_tower=tiny.clip,
+            vitsplit_config=connector_preset("vitsplit").with_(k=4),
+        )
 
 
 def test_trunk_skips_last_block_in_vlm(built):

@@ -13,7 +13,10 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-tiny": ("vitsplit_vlm.playground.tiny", "build and save tiny random HF models and a tokenizer"),
+    "make-tiny": (
+        "vitsplit_vlm.playground.tiny",
+        "build and save tiny random HF models and a tokenizer",
+    ),
     "params": ("vitsplit_vlm.params", "trainable-parameter report (paper Tabs. 4-6, DESIGN §4-5)"),
     "make-data": ("vitsplit_vlm.playground.cli", "generate the offline playground data sets"),
     "eval": ("vitsplit_vlm.eval.cli", "answer generation, scorers and submission converters"),
@@ -26,7 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "held-out playground accuracy with image controls",
     ),
     "dense": ("vitsplit_vlm.dense.cli", "dense seg / depth / det: train, eval, predict overlays"),
-    "quickstart": ("vitsplit_vlm.playground.quickstart", "run the embedded tiny default end to end"),
+    "quickstart": (
+        "vitsplit_vlm.playground.quickstart",
+        "run the embedded tiny default end to end",
+    ),
 }
 
 

@@ -58,12 +58,8 @@ class ViTSplitConfig:
     """
 
     k: int = field(default=3, metadata=_setting("blocks copied into the trainable task head"))
-    n: int = field(
-        default=4, metadata=_setting("frozen intermediate layers the prior head reads")
-    )
-    s: int | None = field(
-        default=None, metadata=_setting("first prior block of uniform selection")
-    )
+    n: int = field(default=4, metadata=_setting("frozen intermediate layers the prior head reads"))
+    s: int | None = field(default=None, metadata=_setting("first prior block of uniform selection"))
     selection: str = field(
         default="uniform",
         metadata=_setting(
@@ -164,8 +160,13 @@ class ViTSplitConfig:
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod
-    def llava(cls, out_channels: int, **overrides) -> ViTSplitConfig:
-        """The official LLaVA-1.5 connector (DESIGN §5): k=1, n=1, penultimate layer, patch input."""
+    def llava(cls, out_channels: int | None = None, **overrides) -> ViTSplitConfig:
+        """The official LLaVA-1.5 connector: k=1, n=1, penultimate layer, patch tokens in.
+
+        As the official code's `mm_projector` (`mm_tuned_layers_num 1`,
+        `mm_frozen_select_layer [-2]`): the task head copies the block producing the penultimate
+        state, the prior head reads that frozen state; `out_channels` is the LLM width.
+        """
         base = dict(k=1, n=1, variant="vlm", feature_layer=-2, task_input="patch")
         base.update(overrides)
         return cls(out_channels=out_channels, **base)

@@ -41,7 +41,9 @@ class Flag:
 
     def option(self, style: str) -> str:
         """``--deform-offset-init`` (dash) or ``--vitsplit_deform_offset_init`` (llava)."""
-        return "--" + (self.field.replace("_", "-") if style == "dash" else f"vitsplit_{self.field}")
+        return "--" + (
+            self.field.replace("_", "-") if style == "dash" else f"vitsplit_{self.field}"
+        )
 
     def dest(self, style: str) -> str:
         return self.field if style == "dash" else f"vitsplit_{self.field}"

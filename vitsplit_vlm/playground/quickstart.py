@@ -108,8 +108,8 @@ def _train_stage(script: str, out: Path, retrain: bool) -> dict:
 
 
 def _heldout(limit: int | None) -> dict:
-    from .heldout import chance, evaluate, load_heldout
     from ..vlm.engine import VLMEngine
+    from .heldout import chance, evaluate, load_heldout
 
     questions = load_heldout(DATA / "heldout.jsonl")[:limit]
     engine = VLMEngine.from_pretrained(FINETUNE_OUT)

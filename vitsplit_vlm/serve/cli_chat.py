@@ -7,8 +7,7 @@
 
 The conversation template (and so the role names of the prompts) comes from the model's saved
 config (`conv_template`). `exit`, `quit` or end of input ends the chat; an empty line is ignored;
-Ctrl-C stops the answer being generated (and at the prompt, the chat). Without `--model-path` the
-demo's embedded default is used (`serve.session.load_served_model`).
+Ctrl-C stops the answer being generated (and at the prompt, the chat).
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-path",
         type=Path,
-        default=None,
-        help="a saved model folder (default: checkpoints/vitsplit-tiny, else an untrained tiny "
-        "model built under playground/tiny)",
+        required=True,
+        help="a saved model folder (`make quickstart` trains checkpoints/vitsplit-tiny)",
     )
     parser.add_argument("--image-file", type=Path, required=True, help="the image to talk about")
     parser.add_argument("--temperature", type=float, default=0.2, help="0 decodes greedily")
@@ -48,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..vlm.engine import GenerationSettings
-    from .session import load_served_model
+    from .session import ModelFolderError, load_served_model
 
     try:
         with Image.open(args.image_file) as opened:
@@ -56,14 +54,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:  # missing file, or not an image PIL can read
         print(f"--image-file {args.image_file}: cannot read an image ({err})", file=sys.stderr)
         return 2
-    served = load_served_model(args.model_path, device=args.device)
+    try:
+        served = load_served_model(args.model_path, device=args.device)
+    except ModelFolderError as err:
+        print(err, file=sys.stderr)
+        return 2
     print(f"[chat] model: {served.description}", file=sys.stderr)
-    extra = {"min_new_tokens": served.min_new_tokens} if served.min_new_tokens else {}
     settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        extra=extra,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
     )
     chat_loop(served.engine, image, settings)
     return 0

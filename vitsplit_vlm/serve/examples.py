@@ -1,17 +1,21 @@
-"""Example images for the demo: real photos and rendered playground scenes, each with a question.
+"""Example images for the demo: real photos, plus rows of a LLaVA question file.
 
 The photos are scikit-image's (`skimage/data/`, found without importing scikit-image; skipped when
-it is not installed). Everything is copied or rendered into `cache_dir` (a temp folder by
-default), where Gradio may serve it from; nothing is written into the repository.
+it is not installed), copied into `cache_dir` (a temp folder by default), where Gradio may serve
+them from; nothing is written into the repository. `question_examples` reads the first rows of a
+question file in LLaVA's format (JSON lines with ``image`` and ``text``), e.g. the playground's
+``heldout.jsonl``, so a model trained on the playground shows scenes it can answer about.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+
+from ..eval.io import field, read_jsonl
 
 PHOTOS: tuple[tuple[str, str], ...] = (
     ("astronaut.png", "What is the person in the picture wearing?"),
@@ -19,7 +23,6 @@ PHOTOS: tuple[tuple[str, str], ...] = (
     ("coffee.png", "What is in the cup?"),
     ("rocket.jpg", "Describe the image."),
 )
-NUM_SCENES = 3
 
 
 def default_cache_dir() -> Path:
@@ -35,10 +38,29 @@ def skimage_data_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def example_rows(cache_dir: Path | None = None, *, num_scenes: int = NUM_SCENES) -> list[list[str]]:
-    """``[[image_path, question], ...]``: the photos found, then `num_scenes` playground scenes."""
-    from ..playground.shapes import sample_conversation, sample_scene
+def question_examples(
+    path: Path, image_folder: Path | None = None, *, limit: int = 3
+) -> list[list[str]]:
+    """``[[image_path, question], ...]`` from the first `limit` rows of a LLaVA question file.
 
+    Images are relative to `image_folder` (default: ``images/`` next to the file, the layout
+    `make-data shapes` writes). The question's first line is kept (LLaVA's answer-format hint
+    on later lines is left out). A missing image is an error naming the file and the row.
+    """
+    folder = image_folder or Path(path).parent / "images"
+    rows = []
+    for record in read_jsonl(path)[:limit]:
+        image = folder / field(path, record, "image", str)
+        if not image.is_file():
+            raise ValueError(f"{path} {record.where}: image {image} not found (--image-folder?)")
+        rows.append([str(image), field(path, record, "text", str).splitlines()[0]])
+    return rows
+
+
+def example_rows(
+    cache_dir: Path | None = None, *, extra: Sequence[Sequence[str]] = ()
+) -> list[list[str]]:
+    """``[[image_path, question], ...]``: the photos found, then `extra` rows."""
     cache_dir = cache_dir or default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     rows: list[list[str]] = []
@@ -49,10 +71,4 @@ def example_rows(cache_dir: Path | None = None, *, num_scenes: int = NUM_SCENES)
             if not target.exists() or target.stat().st_size != source.stat().st_size:
                 shutil.copyfile(source, target)
             rows.append([str(target), question])
-    for i in range(num_scenes):
-        rng = random.Random(f"demo-example-{i}")
-        scene = sample_scene(rng)
-        target = cache_dir / f"shapes-{i}.png"
-        scene.render().save(target)  # cheap, and never stale
-        rows.append([str(target), sample_conversation(scene, rng)[0].prompt])
-    return rows
+    return rows + [list(row) for row in extra]

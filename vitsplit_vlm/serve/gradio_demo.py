@@ -1,6 +1,8 @@
 """`vitsplit-vlm demo`: a Gradio chat about an uploaded image, answers streamed as generated.
 
     vitsplit-vlm demo --model-path checkpoints/vitsplit-tiny      # http://127.0.0.1:7860
+    vitsplit-vlm demo --model-path checkpoints/vitsplit-tiny \\
+        --examples playground/data/shapes/heldout.jsonl          # + 3 playground scenes
 
 `build_demo(engine, ...)` returns the `gr.Blocks`; `serve(demo, ...)` queues and launches it.
 The page has an image upload, a chat (`gr.Chatbot`, messages format), temperature / top-p /
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,10 +46,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-path",
         type=Path,
-        default=None,
-        help="a saved model folder (default: checkpoints/vitsplit-tiny, else an untrained tiny "
-        "model built under playground/tiny, flagged on the page)",
+        required=True,
+        help="a saved model folder (`make quickstart` trains checkpoints/vitsplit-tiny)",
     )
+    parser.add_argument(
+        "--examples",
+        type=Path,
+        default=None,
+        help="LLaVA question file (JSONL with 'image' and 'text') whose first rows become "
+        "example images, e.g. playground/data/shapes/heldout.jsonl (default: photos only)",
+    )
+    parser.add_argument(
+        "--image-folder",
+        type=Path,
+        default=None,
+        help="folder the --examples images are relative to (default: the file's images/ folder)",
+    )
+    parser.add_argument("--num-examples", type=int, default=3, help="rows taken from --examples")
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -64,19 +80,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .examples import example_rows
-    from .session import load_served_model
+    from .examples import example_rows, question_examples
+    from .session import ModelFolderError, load_served_model
 
-    served = load_served_model(args.model_path, device=args.device)
+    try:
+        extra = (
+            question_examples(args.examples, args.image_folder, limit=args.num_examples)
+            if args.examples
+            else []
+        )
+        served = load_served_model(args.model_path, device=args.device)
+    except (ModelFolderError, ValueError) as err:
+        print(f"[demo] {err}", file=sys.stderr)
+        return 2
     print(f"[demo] model: {served.description}", flush=True)
     if args.host not in ("127.0.0.1", "localhost"):
         print(f"[demo] binding {args.host}: the demo is reachable from the network", flush=True)
     demo = build_demo(
         served.engine,
         model_info=served.description,
-        banner=served.banner,
-        examples=example_rows(),
-        min_new_tokens=served.min_new_tokens,
+        examples=example_rows(extra=extra),
     )
     serve(
         demo,
@@ -124,7 +147,7 @@ def build_demo(
 ) -> gr.Blocks:
     """The demo page for `engine`.
 
-    `banner` (Markdown) is shown prominently (the untrained default says so); `examples` are
+    `banner` (Markdown) is shown prominently (e.g. a note about the model); `examples` are
     ``[image_path, question]`` rows; `defaults` set the sliders (temperature 0.2, top-p 0.7,
     512 new tokens); `min_new_tokens` is a floor on every answer's length.
     """

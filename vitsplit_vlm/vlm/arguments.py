@@ -1,15 +1,22 @@
 """Training arguments with LLaVA's flag names (`llava/train/train.py`) plus ViT-Split's own.
 
-`vitsplit-vlm train --help` lists them all; defaults point at the embedded playground.
+`vitsplit-vlm train --help` lists them all. The ViT-Split settings are not declared here: they
+are `ViTSplitConfig`'s fields, added as ``--vitsplit_<field>`` options by `vitsplit_vlm.core.flags`
+(`add_connector_arguments`), and `connector_config` applies the ones given to the connector's
+preset (`connector_preset`: the official LLaVA-1.5 layout for ``--mm_projector_type vitsplit``).
+Paths have no defaults: the scripts pass them (`scripts/pretrain.sh` points at the playground).
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 import transformers
 
-PLAYGROUND = "playground"
+from ..core import ViTSplitConfig, flags
+from .configuration import ASPECT_RATIOS, PROJECTOR_TYPES, connector_preset
+from .conversation import TEMPLATES
 
 # LLaVA-1.5's scripts use names transformers 5 renamed; accept the old spelling.
 FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "--warmup_steps"}
@@ -17,20 +24,18 @@ FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "-
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(
-        default=f"{PLAYGROUND}/tiny/llama-chat",
-        metadata={"help": "LLM folder or hub name (Vicuna)"},
-    )
+    model_name_or_path: str = field(metadata={"help": "LLM folder or hub name (Vicuna)"})
+    vision_tower: str = field(metadata={"help": "vision tower folder or hub name"})
     version: str = field(
-        default="vicuna_v1", metadata={"help": "conversation template: plain (stage 1), vicuna_v1"}
-    )
-    vision_tower: str = field(
-        default=f"{PLAYGROUND}/tiny/clip-vit", metadata={"help": "vision tower folder or hub name"}
+        default="vicuna_v1",
+        metadata={"help": "conversation template (plain for stage 1)", "choices": tuple(TEMPLATES)},
     )
     mm_projector_type: str = field(
-        default="vitsplit", metadata={"help": "vitsplit | vitsplit_dense | mlp2x_gelu | linear"}
+        default="vitsplit", metadata={"help": "the connector", "choices": PROJECTOR_TYPES}
     )
-    mm_vision_select_layer: int = field(default=-2, metadata={"help": "feature layer (HF index)"})
+    mm_vision_select_layer: int = field(
+        default=-2, metadata={"help": "feature layer (HF index; ViT-Split's feature_layer)"}
+    )
     mm_vision_select_feature: str = field(default="patch", metadata={"help": "only 'patch'"})
     tune_mm_mlp_adapter: bool = field(
         default=False, metadata={"help": "stage 1: train only the connector"}
@@ -42,28 +47,51 @@ class ModelArguments:
     mm_use_im_start_end: bool = field(default=False, metadata={"help": "unsupported, keep False"})
     mm_use_im_patch_token: bool = field(default=False, metadata={"help": "unsupported, keep False"})
     mm_patch_merge_type: str = field(default="flat", metadata={"help": "only 'flat'"})
-    vitsplit_k: int = field(default=1, metadata={"help": "blocks copied into the task head"})
-    vitsplit_n: int = field(default=1, metadata={"help": "frozen layers the prior head reads"})
-    vitsplit_s: int | None = field(default=None, metadata={"help": "first prior block"})
-    vitsplit_task_input: str = field(
-        default="patch", metadata={"help": "patch (official) | all (exact init)"}
-    )
-    vitsplit_selection: str = field(default="uniform", metadata={"help": "uniform | sparse_gate"})
     attn_implementation: str = field(
         default="auto",
         metadata={"help": "auto: flash_attention_2 on CUDA when installed, else sdpa"},
     )
 
 
+def add_connector_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--vitsplit_k``, ``--vitsplit_n``, ... (every `ViTSplitConfig` flag field)."""
+    flags.add_arguments(
+        parser,
+        style="llava",
+        title="ViT-Split connector",
+        preset_note="default: the official LLaVA-1.5 layout of --mm_projector_type vitsplit",
+    )
+
+
+def connector_config(
+    model_args: ModelArguments, connector_args: argparse.Namespace | dict
+) -> ViTSplitConfig | None:
+    """The connector's preset at ``--mm_vision_select_layer`` with the ``--vitsplit_*`` flags
+    given applied (None for the MLP baselines, which refuse those flags)."""
+    preset = connector_preset(
+        model_args.mm_projector_type, feature_layer=model_args.mm_vision_select_layer
+    )
+    given = flags.overrides(connector_args, style="llava")
+    if preset is None:
+        if given:
+            names = ", ".join(f"--vitsplit_{name}" for name in given)
+            raise ValueError(
+                f"{names}: ViT-Split settings, but --mm_projector_type "
+                f"{model_args.mm_projector_type} has none (drop them or use a vitsplit connector)"
+            )
+        return None
+    return preset.with_(**given)
+
+
 @dataclass
 class DataArguments:
-    data_path: str = field(
-        default=f"{PLAYGROUND}/data/shapes/finetune.json", metadata={"help": "LLaVA JSON/JSONL"}
-    )
-    image_folder: str = field(default=f"{PLAYGROUND}/data/shapes/images")
+    data_path: str = field(metadata={"help": "LLaVA JSON/JSONL"})
+    image_folder: str = field(metadata={"help": "folder the data's image paths are relative to"})
     lazy_preprocess: bool = field(default=True, metadata={"help": "always lazy; accepted"})
     is_multimodal: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts"})
-    image_aspect_ratio: str = field(default="pad", metadata={"help": "pad | square"})
+    image_aspect_ratio: str = field(
+        default="pad", metadata={"help": "pad to square or stretch", "choices": ASPECT_RATIOS}
+    )
     fail_fast: bool = field(
         default=False, metadata={"help": "stop at the first bad sample instead of skipping it"}
     )
@@ -71,7 +99,6 @@ class DataArguments:
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    output_dir: str = field(default="checkpoints/vitsplit-llava")
     optim: str = field(default="adamw_torch")
     remove_unused_columns: bool = field(default=False)
     model_max_length: int = field(default=2048, metadata={"help": "truncate samples here"})

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..core import ViTSplitConfig
 from ..core.trunk import trunk_spec, unwrap_vision_model
 from .configuration import ViTSplitLlavaConfig
 from .connector import _gathered
@@ -52,11 +53,7 @@ def build_vlm(
     vision_tower: str | Path,
     mm_projector_type: str = "vitsplit",
     mm_vision_select_layer: int = -2,
-    vitsplit_k: int = 1,
-    vitsplit_n: int = 1,
-    vitsplit_s: int | None = None,
-    vitsplit_task_input: str | None = None,
-    vitsplit_selection: str = "uniform",
+    vitsplit_config: ViTSplitConfig | None = None,
     conv_template: str = "vicuna_v1",
     image_aspect_ratio: str = "pad",
     model_max_length: int = 2048,
@@ -64,7 +61,11 @@ def build_vlm(
     dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
 ) -> BuiltVLM:
-    """Load the LLM and the tower with `from_pretrained`, build the connector, return all parts."""
+    """Load the LLM and the tower with `from_pretrained`, build the connector, return all parts.
+
+    `vitsplit_config` is the connector's `ViTSplitConfig` (default: the projector's preset,
+    `connector_preset`); its `feature_layer` must equal `mm_vision_select_layer`.
+    """
     from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     load_kw = dict(dtype=dtype) if dtype is not None else {}
@@ -89,11 +90,7 @@ def build_vlm(
         vision_feature_layer=mm_vision_select_layer,
         vision_feature_select_strategy="full",
         mm_projector_type=mm_projector_type,
-        vitsplit_k=vitsplit_k,
-        vitsplit_n=vitsplit_n,
-        vitsplit_s=vitsplit_s,
-        vitsplit_task_input=vitsplit_task_input,
-        vitsplit_selection=vitsplit_selection,
+        vitsplit_config=vitsplit_config,
         conv_template=conv_template,
         image_aspect_ratio=image_aspect_ratio,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,9 +1,16 @@
 """`ViTSplitLlavaConfig`: transformers' `LlavaConfig` plus the connector choice.
 
-Field names follow LLaVA's flags (`mm_projector_type`, `image_aspect_ratio`) and ViT-Split's
-(`vitsplit_k`, `vitsplit_n`, `vitsplit_s`, `vitsplit_task_input`, `vitsplit_selection`).
-`vision_feature_layer` (default -2, LLaVA-1.5's penultimate state) is ViT-Split's feature layer.
-`conv_template` is saved with the model so chat and eval never guess it from a folder name.
+- `mm_projector_type` (LLaVA's flag name) picks the connector: `PROJECTOR_TYPES`.
+- `vitsplit_config` holds the connector's `ViTSplitConfig`, nested the way `vision_config` is:
+  a `ViTSplitConfig` object in memory, its `to_dict()` in `config.json`. It exists only for the
+  ViT-Split connectors; when not given it is the connector's preset (`connector_preset`), so
+  `ViTSplitLlavaConfig(mm_projector_type="vitsplit", ...)` is the official LLaVA-1.5 layout.
+- `vision_feature_layer` (default -2, LLaVA-1.5's penultimate state) is ViT-Split's feature
+  layer; the two must agree, and the fusion width must be the LLM's.
+- `conv_template` is saved with the model so chat and eval never guess it from a folder name.
+
+Configs saved before `vitsplit_config` existed (flat `vitsplit_k`, `vitsplit_n`, `vitsplit_s`,
+`vitsplit_task_input`, `vitsplit_selection` keys) still load: the keys become the nested config.
 """
 
 from __future__ import annotations
@@ -13,8 +20,43 @@ from transformers import LlavaConfig
 
 from ..core import ViTSplitConfig
 
-PROJECTOR_TYPES = ("vitsplit", "vitsplit_dense", "mlp2x_gelu", "linear")
+# mm_projector_type -> preset of its ViT-Split connector (None: LLaVA's baseline projectors).
+_SPLIT_VARIANTS: dict[str, dict | None] = {
+    # The official ViT-Split LLaVA connector (paper §4.4): plain convs, fusion to the LLM width.
+    "vitsplit": dict(),
+    # The paper's dense variant (deformable convs at the vision width), then `mlp2x_gelu`.
+    "vitsplit_dense": dict(variant="dense", final_norm=False),
+    "mlp2x_gelu": None,
+    "linear": None,
+}
+PROJECTOR_TYPES = tuple(_SPLIT_VARIANTS)
 ASPECT_RATIOS = ("pad", "square")
+_LEGACY_KEYS = {
+    "vitsplit_k": "k",
+    "vitsplit_n": "n",
+    "vitsplit_s": "s",
+    "vitsplit_task_input": "task_input",
+    "vitsplit_selection": "selection",
+}
+
+
+def connector_preset(projector_type: str, *, feature_layer: int = -2) -> ViTSplitConfig | None:
+    """The `ViTSplitConfig` a connector starts from (None for `mlp2x_gelu` / `linear`).
+
+    Both ViT-Split connectors copy the block producing the feature layer (k=1) and read that
+    frozen state in the prior head (n=1), patch tokens only, as the official LLaVA code;
+    `vitsplit`'s fusion width (`out_channels`) is filled in with the LLM width by the model config.
+    """
+    check_choice("--mm_projector_type", projector_type, PROJECTOR_TYPES)
+    variant = _SPLIT_VARIANTS[projector_type]
+    if variant is None:
+        return None
+    return ViTSplitConfig.llava(out_channels=None, feature_layer=feature_layer, **variant)
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{flag} {value!r} is unknown; choose one of {', '.join(choices)}")
 
 
 @strict
@@ -22,44 +64,66 @@ class ViTSplitLlavaConfig(LlavaConfig):
     model_type = "vitsplit_llava"
 
     mm_projector_type: str = "vitsplit"
-    vitsplit_k: int = 1
-    vitsplit_n: int = 1
-    vitsplit_s: int | None = None
-    vitsplit_task_input: str | None = None
-    vitsplit_selection: str = "uniform"
+    vitsplit_config: dict | ViTSplitConfig | None = None
     conv_template: str = "vicuna_v1"
     image_aspect_ratio: str = "pad"
 
     def __post_init__(self, **kwargs):
+        legacy = {_LEGACY_KEYS[k]: kwargs.pop(k) for k in list(kwargs) if k in _LEGACY_KEYS}
         super().__post_init__(**kwargs)
-        if self.mm_projector_type not in PROJECTOR_TYPES:
-            raise ValueError(
-                f"--mm_projector_type {self.mm_projector_type!r} is unknown; "
-                f"choose one of {', '.join(PROJECTOR_TYPES)}"
-            )
-        if self.image_aspect_ratio not in ASPECT_RATIOS:
-            raise ValueError(
-                f"--image_aspect_ratio {self.image_aspect_ratio!r} is unknown; "
-                f"choose one of {', '.join(ASPECT_RATIOS)}"
-            )
+        check_choice("--mm_projector_type", self.mm_projector_type, PROJECTOR_TYPES)
+        check_choice("--image_aspect_ratio", self.image_aspect_ratio, ASPECT_RATIOS)
         if not isinstance(self.vision_feature_layer, int):
             raise ValueError("vision_feature_layer: ViT-Split reads one feature layer (an int)")
-        if self.mm_projector_type.startswith("vitsplit"):
-            self.vitsplit_config()  # validate early, with the field named
+        self.vitsplit_config = self._split_config(legacy)
 
-    def vitsplit_config(self) -> ViTSplitConfig:
-        """The core config of the `vitsplit` (official LLaVA layout) or `vitsplit_dense` connector."""
-        common = dict(
-            k=self.vitsplit_k,
-            n=self.vitsplit_n,
-            s=self.vitsplit_s,
-            selection=self.vitsplit_selection,
-            feature_layer=self.vision_feature_layer,
-            task_input=self.vitsplit_task_input or "patch",
-            final_norm=False,
-        )
-        if self.mm_projector_type == "vitsplit":
-            return ViTSplitConfig(
-                variant="vlm", out_channels=self.text_config.hidden_size, **common
+    def _split_config(self, legacy: dict) -> ViTSplitConfig | None:
+        given = self.vitsplit_config
+        preset = connector_preset(self.mm_projector_type, feature_layer=self.vision_feature_layer)
+        if preset is None:
+            if given is not None or legacy:
+                raise ValueError(
+                    f"vitsplit_config: --mm_projector_type {self.mm_projector_type} has no "
+                    "ViT-Split settings (drop the --vitsplit_* flags or pick a vitsplit connector)"
+                )
+            return None
+        if isinstance(given, dict):
+            given = ViTSplitConfig.from_dict(given)
+        cfg = given if given is not None else preset.with_(**legacy)
+        if cfg.variant == "vlm" and cfg.out_channels is None:
+            cfg = cfg.with_(out_channels=self.text_config.hidden_size)
+        self._check_split(cfg, preset)
+        return cfg
+
+    def _check_split(self, cfg: ViTSplitConfig, preset: ViTSplitConfig) -> None:
+        problems = []
+        if cfg.feature_layer != self.vision_feature_layer:
+            problems.append(
+                f"feature_layer {cfg.feature_layer} != vision_feature_layer "
+                f"{self.vision_feature_layer}"
             )
-        return ViTSplitConfig(variant="dense", **common)
+        if cfg.variant != preset.variant:
+            problems.append(
+                f"variant {cfg.variant!r}, but {self.mm_projector_type} is {preset.variant!r}"
+            )
+        if cfg.variant == "vlm" and cfg.out_channels != self.text_config.hidden_size:
+            problems.append(
+                f"out_channels {cfg.out_channels} != the LLM width {self.text_config.hidden_size}"
+            )
+        if problems:
+            raise ValueError("vitsplit_config does not fit this model: " + "; ".join(problems))
+
+    @property
+    def vitsplit(self) -> ViTSplitConfig:
+        """The connector's `ViTSplitConfig` (an error for the MLP baselines, which have none)."""
+        if self.vitsplit_config is None:
+            raise ValueError(
+                f"--mm_projector_type {self.mm_projector_type} has no ViT-Split config"
+            )
+        return self.vitsplit_config
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if isinstance(self.vitsplit_config, ViTSplitConfig):
+            out["vitsplit_config"] = self.vitsplit_config.to_dict()
+        return out

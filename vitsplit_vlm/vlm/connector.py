@@ -28,7 +28,7 @@ class ViTSplitConnector(nn.Module):
     def __init__(self, config: ViTSplitLlavaConfig, vision_tower: nn.Module) -> None:
         super().__init__()
         spec = trunk_spec(vision_tower)
-        cfg = config.vitsplit_config()
+        cfg = config.vitsplit
         blocks = trunk_blocks(vision_tower)
         task_blocks = [blocks[i] for i in cfg.resolve(spec.num_blocks).task_blocks]
         # Under ZeRO-3 the tower may be partitioned: gather it so the copies get full weights

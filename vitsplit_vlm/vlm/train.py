@@ -101,17 +101,32 @@ def prepare_distributed(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: list[str]):
+    """`(model_args, data_args, training_args, connector)`: the three LLaVA argument groups and
+    the connector's `ViTSplitConfig` (None for the MLP baselines), checked before any weights
+    load."""
     from transformers import HfArgumentParser
 
-    from .arguments import DataArguments, ModelArguments, TrainingArguments, normalize_argv
+    from .arguments import (
+        DataArguments,
+        ModelArguments,
+        TrainingArguments,
+        add_connector_arguments,
+        connector_config,
+        normalize_argv,
+    )
 
     argv = prepare_distributed(choose_precision(normalize_argv(argv)))
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, TrainingArguments), prog="vitsplit-vlm train"
     )
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    add_connector_arguments(parser)
+    model_args, data_args, training_args, connector_args = parser.parse_args_into_dataclasses(argv)
     _check_args(model_args, training_args)
-    return model_args, data_args, training_args
+    try:
+        connector = connector_config(model_args, connector_args)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
+    return model_args, data_args, training_args, connector
 
 
 def resume_arg(training_args) -> str | bool | None:
@@ -123,18 +138,6 @@ def resume_arg(training_args) -> str | bool | None:
 
 
 def _check_args(model_args, training_args) -> None:
-    from .configuration import PROJECTOR_TYPES
-    from .conversation import TEMPLATES
-
-    if model_args.version not in TEMPLATES:
-        raise SystemExit(
-            f"--version {model_args.version!r} is unknown; choose one of {', '.join(TEMPLATES)}"
-        )
-    if model_args.mm_projector_type not in PROJECTOR_TYPES:  # fail before loading any weights
-        raise SystemExit(
-            f"--mm_projector_type {model_args.mm_projector_type!r} is unknown; "
-            f"choose one of {', '.join(PROJECTOR_TYPES)}"
-        )
     for flag, value, ok in [
         ("--mm_use_im_start_end", model_args.mm_use_im_start_end, False),
         ("--mm_use_im_patch_token", model_args.mm_use_im_patch_token, False),
@@ -268,7 +271,7 @@ def train(argv: list[str]) -> dict:
     from .data import DataCollator, LazySupervisedDataset, summarize_skips
     from .trainer import StartStep, VLMTrainer
 
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, training_args, connector = parse_args(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
     template = get_template(model_args.version)
@@ -278,11 +281,7 @@ def train(argv: list[str]) -> dict:
         vision_tower=model_args.vision_tower,
         mm_projector_type=model_args.mm_projector_type,
         mm_vision_select_layer=model_args.mm_vision_select_layer,
-        vitsplit_k=model_args.vitsplit_k,
-        vitsplit_n=model_args.vitsplit_n,
-        vitsplit_s=model_args.vitsplit_s,
-        vitsplit_task_input=model_args.vitsplit_task_input,
-        vitsplit_selection=model_args.vitsplit_selection,
+        vitsplit_config=connector,
         conv_template="vicuna_v1" if model_args.version == "plain" else model_args.version,
         image_aspect_ratio=data_args.image_aspect_ratio,
         model_max_length=training_args.model_max_length,
