@@ -1,37 +1,53 @@
 """The `vitsplit-vlm` entry point.
 
-Subcommands live in an explicit registry (``COMMANDS``): name -> (module, one-line help).
-A command module defines ``add_arguments(parser)`` and ``run(args) -> int | None``, or
-``main(argv) -> int`` when it parses its own flags (training uses HfArgumentParser). Only the
-chosen command's module is imported, so ``vitsplit-vlm --help`` stays fast (no torch import).
+Commands live in an explicit registry (`COMMANDS`, the `vitsplit_vlm.commands.Command` shape
+every registry of the project uses). Only the chosen command's module is imported, so
+``vitsplit-vlm --help`` stays fast (no torch import). The development commands (tiny models,
+playground data, the quickstart) come from `vitsplit_vlm.playground`, which no library module
+imports.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "make-tiny": (
-        "vitsplit_vlm.playground.tiny",
-        "build and save tiny random HF models and a tokenizer",
+from .commands import Command, lazy, module_command, run_command
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "LLaVA-1.5 stage 1 / stage 2 training (LLaVA's flags)",
+        main=lazy("vitsplit_vlm.vlm.train", "main"),
     ),
-    "params": ("vitsplit_vlm.params", "trainable-parameter report (paper Tabs. 4-6, DESIGN §4-5)"),
-    "make-data": ("vitsplit_vlm.playground.cli", "generate the offline playground data sets"),
-    "eval": ("vitsplit_vlm.eval.cli", "answer generation, scorers and submission converters"),
-    "train": ("vitsplit_vlm.vlm.train", "LLaVA-1.5 stage 1 / stage 2 training (LLaVA's flags)"),
-    "merge-lora": ("vitsplit_vlm.vlm.merge_lora", "fold a stage-2 LoRA adapter into a full model"),
-    "chat": ("vitsplit_vlm.serve.cli_chat", "multi-turn terminal chat about an image (streamed)"),
-    "demo": ("vitsplit_vlm.serve.gradio_demo", "Gradio web demo: image upload, streamed chat"),
-    "heldout": (
-        "vitsplit_vlm.playground.heldout",
-        "held-out playground accuracy with image controls",
+    "merge-lora": module_command(
+        "fold a stage-2 LoRA adapter into a full model", "vitsplit_vlm.vlm.merge_lora"
     ),
-    "dense": ("vitsplit_vlm.dense.cli", "dense seg / depth / det: train, eval, predict overlays"),
-    "quickstart": (
-        "vitsplit_vlm.playground.quickstart",
-        "run the embedded tiny default end to end",
+    "eval": module_command(
+        "answer generation, scorers and submission converters", "vitsplit_vlm.eval.cli"
+    ),
+    "chat": module_command(
+        "multi-turn terminal chat about an image (streamed)", "vitsplit_vlm.serve.cli_chat"
+    ),
+    "demo": module_command(
+        "Gradio web demo: image upload, streamed chat", "vitsplit_vlm.serve.gradio_demo"
+    ),
+    "dense": module_command(
+        "dense seg / depth / det: train, eval, predict overlays", "vitsplit_vlm.dense.cli"
+    ),
+    "params": module_command(
+        "trainable parameters per component (paper Tabs. 4-6)", "vitsplit_vlm.params"
+    ),
+    # development: the embedded tiny default and its playground
+    "quickstart": module_command(
+        "run the embedded tiny default end to end", "vitsplit_vlm.playground.quickstart"
+    ),
+    "make-tiny": module_command(
+        "build and save tiny random HF models and a tokenizer", "vitsplit_vlm.playground.tiny"
+    ),
+    "make-data": module_command(
+        "generate the offline playground data sets", "vitsplit_vlm.playground.cli"
+    ),
+    "heldout": module_command(
+        "held-out playground accuracy with image controls", "vitsplit_vlm.playground.heldout"
     ),
 }
 
@@ -39,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _top_level_help() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: vitsplit-vlm <command> [options]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
     lines += ["", "Run `vitsplit-vlm <command> --help` for a command's options."]
     return "\n".join(lines)
 
@@ -53,14 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"vitsplit-vlm: unknown command {name!r}\n\n{_top_level_help()}", file=sys.stderr)
         return 2
-    module_name, help_ = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    if hasattr(module, "main"):
-        return int(module.main(rest) or 0)
-    parser = argparse.ArgumentParser(prog=f"vitsplit-vlm {name}", description=help_)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    return int(run_command(f"vitsplit-vlm {name}", COMMANDS[name], rest) or 0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``vitsplit-vlm eval <action>``: scorers and submission converters (the shared runner).
 
-Actions live in one registry, :data:`ACTIONS`: name -> (argument builder, action, help). An
+Actions live in one registry, :data:`ACTIONS` (name -> `Command`). An
 action reads its inputs through :mod:`vitsplit_vlm.eval.io`, asks its task class to score or
 convert, and returns a JSON-able summary that the runner prints. Any
 :class:`~vitsplit_vlm.eval.io.EvalInputError` is printed as one line on stderr with exit status 2;
@@ -34,10 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vitsplit_vlm.commands import Command, add_subcommands, run_subcommand
 from vitsplit_vlm.eval import answer, mmbench, pope, vqav2
 from vitsplit_vlm.eval.io import EvalInputError, read_answers
 
@@ -261,38 +261,38 @@ def _merge(args: argparse.Namespace) -> dict[str, Any]:
     return answer.merge(args.inputs, args.out, questions=args.questions)
 
 
-Action = Callable[[argparse.Namespace], dict[str, Any]]
-ACTIONS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Action, str]] = {
-    "answer": (_answer_args, _answer, "answer a question file with a model (LLaVA's format)"),
-    "merge": (_merge_args, _merge, "concatenate chunk answer files, checking ids"),
-    "score-vqav2": (_score_vqav2_args, _score_vqav2, "VQAv2 soft accuracy against annotations"),
-    "convert-vqav2": (_convert_vqav2_args, _convert_vqav2, "VQAv2 EvalAI upload file"),
-    "score-pope": (_score_pope_args, _score_pope, "POPE accuracy/precision/recall/F1 per category"),
-    "score-mmbench": (
+ACTIONS: dict[str, Command] = {
+    "answer": Command(
+        "answer a question file with a model (LLaVA's format)", _answer_args, _answer
+    ),
+    "merge": Command("concatenate chunk answer files, checking ids", _merge_args, _merge),
+    "score-vqav2": Command(
+        "VQAv2 soft accuracy against annotations", _score_vqav2_args, _score_vqav2
+    ),
+    "convert-vqav2": Command("VQAv2 EvalAI upload file", _convert_vqav2_args, _convert_vqav2),
+    "score-pope": Command(
+        "POPE accuracy/precision/recall/F1 per category", _score_pope_args, _score_pope
+    ),
+    "score-mmbench": Command(
+        "MMBench circular and vanilla accuracy (rule matching, no GPT)",
         lambda p: _mmbench_args(p, out=False),
         _score_mmbench,
-        "MMBench circular and vanilla accuracy (rule matching, no GPT)",
     ),
-    "convert-mmbench": (
-        lambda p: _mmbench_args(p, out=True),
-        _convert_mmbench,
-        "MMBench submission table",
+    "convert-mmbench": Command(
+        "MMBench submission table", lambda p: _mmbench_args(p, out=True), _convert_mmbench
     ),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One subcommand per entry of :data:`ACTIONS`."""
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, (add, _, help_) in ACTIONS.items():
-        add(actions.add_parser(name, help=help_, description=help_))
+    add_subcommands(parser, ACTIONS, dest="action")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; print its JSON summary (0) or its input error (2)."""
-    _, action, _ = ACTIONS[args.action]
     try:
-        summary = action(args)
+        summary = run_subcommand(args, ACTIONS, dest="action")
     except EvalInputError as err:
         print(f"vitsplit-vlm eval {args.action}: error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,6 @@
 """`vitsplit-vlm make-data <dataset>`: generate an offline playground data set.
 
-Generators live in an explicit registry (`GENERATORS`): subcommand name -> (help,
-add-arguments, run). Examples::
+Generators live in an explicit registry (`GENERATORS`, name -> `Command`). Examples::
 
     vitsplit-vlm make-data shapes --out playground/data/shapes --num-train 2000 \\
         --num-heldout 200 --image-size 112 --seed 0
@@ -11,8 +10,9 @@ add-arguments, run). Examples::
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
+
+from ..commands import Command, add_subcommands, run_subcommand
 
 
 def _add_shapes(parser: argparse.ArgumentParser) -> None:
@@ -116,18 +116,18 @@ def _run_dense(args: argparse.Namespace) -> int:
     return 0
 
 
-GENERATORS: dict[str, tuple[str, Callable, Callable]] = {
-    "shapes": (
+GENERATORS: dict[str, Command] = {
+    "shapes": Command(
         "coloured-shape scenes with captions and short-answer QA (LLaVA format)",
         _add_shapes,
         _run_shapes,
     ),
-    "evalsets": (
+    "evalsets": Command(
         "VQAv2 / POPE / MMBench-style eval sets with ground truth (LLaVA's file formats)",
         _add_evalsets,
         _run_evalsets,
     ),
-    "dense": (
+    "dense": Command(
         "shape scenes as ADE20K masks, NYU-v2 depth and COCO instances (dense tasks)",
         _add_dense,
         _run_dense,
@@ -136,10 +136,8 @@ GENERATORS: dict[str, tuple[str, Callable, Callable]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    for name, (help_, add, _) in GENERATORS.items():
-        add(sub.add_parser(name, help=help_, description=help_))
+    add_subcommands(parser, GENERATORS, dest="dataset")
 
 
 def run(args: argparse.Namespace) -> int:
-    return GENERATORS[args.dataset][2](args)
+    return run_subcommand(args, GENERATORS, dest="dataset")
