@@ -1,4 +1,4 @@
-"""The parameter report reproduces the paper's tables (DESIGN §4-5)."""
+"""The parameter report reproduces the paper's tables (Tabs. 1, 4-6)."""
 
 from __future__ import annotations
 

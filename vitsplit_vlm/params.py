@@ -1,6 +1,6 @@
 """`vitsplit-vlm params`: trainable parameters per component, built on the meta device.
 
-Reproduces DESIGN §4 (paper Tabs. 4-6) and the VLM connector sizes of DESIGN §5:
+Reproduces the paper's trainable-parameter counts (Tabs. 1, 4-6) and the LLaVA-1.5 connector sizes:
 
     vitsplit-vlm params --backbone dinov2-s --task seg --k 3 --n 4 --s 2 --classes 150 --json
     vitsplit-vlm params --backbone clip-l-336 --task vlm --connector vitsplit --llm-hidden 4096
@@ -149,7 +149,7 @@ def _downstream_head(task: str, connector: str, channels: int, classes: int, llm
 
 
 def paper_report() -> list[dict]:
-    """Every row of DESIGN §4-5 with our count and the paper's."""
+    """Every row of `PAPER_ROWS` with our count and the paper's."""
     rows = []
     for row in PAPER_ROWS:
         result = count(

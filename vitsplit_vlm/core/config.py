@@ -1,7 +1,7 @@
 """`ViTSplitConfig`: which blocks are copied, which hidden states feed the prior head, and how
 the parts are wired. It validates itself; checks that need the trunk's depth live in `resolve`.
 
-Index conventions (DESIGN §2, Hugging Face): `hidden_states[0]` is the embedding output and
+Index conventions (Hugging Face's `output_hidden_states`): `hidden_states[0]` is the embedding output and
 `hidden_states[i]` the output of block `i - 1`; a trunk has `N` blocks.
 """
 

@@ -1,4 +1,4 @@
-"""The trainable parts of ViT-Split: task head, prior head, fusion net (DESIGN §2-3, §5).
+"""The trainable parts of ViT-Split: task head, prior head, fusion net (paper §3.2, Fig. 5-6).
 
 `ViTSplitHeads` owns no trunk weights (only a frozen copy of the final LayerNorm where one is
 used), so a VLM can keep its vision tower where transformers expects it and use the heads as its

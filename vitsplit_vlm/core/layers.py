@@ -1,4 +1,4 @@
-"""Small conv building blocks of the prior head and the fusion net (DESIGN §3, §5)."""
+"""Small conv building blocks of the prior head and the fusion net (paper §3.2, Fig. 6; the official LLaVA connector's plain-conv variant)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which frozen layers feed the prior head: uniform indices or a learned sparse gate (DESIGN §2)."""
+"""Which frozen layers feed the prior head: uniform indices or a learned sparse gate (paper §3.2, App. B.1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 
 def uniform_indices(*, s: int, n: int, last: int) -> list[int]:
-    """Block indices `s + int(i * (last - s) / (n - 1))`, `i = 0..n-1` (DESIGN §2, `last = N-1`).
+    """Block indices `s + int(i * (last - s) / (n - 1))`, `i = 0..n-1` (paper Eq. 2, `last = N-1`).
 
     >>> uniform_indices(s=2, n=4, last=11)
     [2, 5, 8, 11]

@@ -1,4 +1,4 @@
-"""A briefly pretrained tiny DINOv2, so the playground has a layer hierarchy (DESIGN §9).
+"""A briefly pretrained tiny DINOv2, so the playground has a layer hierarchy (paper §3.1: early and late layers differ).
 
 A randomly initialised ViT has no early / late split: every layer's features are nearly the same
 (CKA 0.985-1.0 with the last layer), so ViT-Split's reasons to exist cannot show on it. This

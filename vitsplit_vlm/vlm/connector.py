@@ -3,7 +3,7 @@
 Every connector reads frozen vision hidden states `{index: (B, T, C)}` (keys `required_layers`)
 and returns image tokens (B, h*w, D_llm):
 
-- `vitsplit`: the official LLaVA-1.5 ViT-Split connector (DESIGN §5): task block copy, plain-conv
+- `vitsplit`: the official LLaVA-1.5 ViT-Split connector (paper §4.3; official `mm_projector`): task block copy, plain-conv
   prior head, fusion projected to the LLM width.
 - `vitsplit_dense`: the paper's dense variant (deformable convs at the vision width) followed by
   LLaVA's `mlp2x_gelu` to the LLM width.

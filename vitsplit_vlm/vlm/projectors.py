@@ -1,4 +1,4 @@
-"""LLaVA-1.5's baseline projectors (DESIGN §5): `linear` and `mlp2x_gelu`, (B, T, C) -> (B, T, D)."""
+"""LLaVA-1.5's baseline projectors (LLaVA's `llava/model/multimodal_projector/builder.py`): `linear` and `mlp2x_gelu`, (B, T, C) -> (B, T, D)."""
 
 from __future__ import annotations
 

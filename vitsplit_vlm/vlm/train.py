@@ -77,7 +77,7 @@ def choose_attention(name: str) -> str:
 
 
 def prepare_distributed(argv: list[str]) -> list[str]:
-    """CPU runs: one process gets a local rendezvous; several get gloo (recipe in STACK.md)."""
+    """CPU runs: one process gets a local rendezvous; several get gloo (accelerate needs the gloo state made before TrainingArguments)."""
     if _cuda():
         return argv
     uses_deepspeed = _flag_value(argv, "--deepspeed") is not None
