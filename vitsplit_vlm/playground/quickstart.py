@@ -2,27 +2,48 @@
 
 1. ViT-Split core on the tiny CLIP and DINOv2 (layers, exactness, trainable parts) and the
    paper's parameter table from the public architectures;
-2. `bash scripts/pretrain.sh` (stage 1, ZeRO-2, connector only) then `bash scripts/finetune.sh`
-   (stage 2, ZeRO-3, connector + LLM) on the playground, each skipped when already done;
-3. answers on held-out images, with accuracy against chance and blank/swapped-image controls.
+2. the playground: tiny models (with a language-pretrained tiny Llama) and the shapes data;
+3. stage 1 (ZeRO-2, connector only) and stage 2 (ZeRO-3, connector + LLM) through the trainer's
+   entry point, ``python -m vitsplit_vlm.vlm.train``, with the flags of `scripts/pretrain.sh` and
+   `scripts/finetune.sh` (`recipes.stage_flags`), each skipped when already done;
+4. answers on held-out images, with accuracy against chance and blank/swapped-image controls;
+   a summary that fits a screen.
 
-Run it again and finished steps are skipped; `--retrain` trains again from scratch.
+Run it from the repository root (the recipe reads `scripts/zero2.json` / `zero3.json`). Run it
+again and finished steps are skipped; `--retrain` trains again from scratch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-PRETRAIN_OUT = Path("checkpoints/vitsplit-tiny-pretrain")
-FINETUNE_OUT = Path("checkpoints/vitsplit-tiny")
-DATA = Path("playground/data/shapes")
+from . import paths
+from .recipes import prepare, stage_argv
+
 SUMMARY = "train_summary.json"
+STAGE_OUTPUTS = {"pretrain": paths.TINY_PRETRAIN, "finetune": paths.TINY_FINETUNE}
+
+
+@dataclass
+class Report:
+    """What the closing summary prints."""
+
+    started: float = field(default_factory=time.time)
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def add(self, line: str, ok: bool = True) -> None:
+        self.lines.append(line)
+        self.ok = self.ok and ok
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +63,7 @@ def _step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def _core_demo() -> bool:
+def _core_demo(report: Report) -> None:
     import torch
     from transformers import AutoImageProcessor, AutoModel
 
@@ -50,9 +71,8 @@ def _core_demo() -> bool:
     from .shapes import sample_scene
     from .tiny import make_tiny
 
-    tiny = make_tiny("playground/tiny")
+    tiny = make_tiny(paths.TINY)
     image = sample_scene(random.Random(0)).render()
-    exact = True
     for name, path, cfg in [
         ("LLaVA-1.5 connector on tiny CLIP", tiny.clip, ViTSplitConfig.llava(out_channels=128)),
         ("dense ViT-Split on tiny DINOv2", tiny.dinov2, ViTSplitConfig(k=3, n=4, s=2)),
@@ -77,82 +97,122 @@ def _core_demo() -> bool:
                 frozen = trunk(px).last_hidden_state[:, 1:].transpose(1, 2).reshape(out.task.shape)
             exact = torch.equal(out.task, frozen)
             print(f"  task head at init == frozen DINOv2 output, bit for bit: {exact}")
-    return exact
+            report.add(f"core: task head at init == frozen DINOv2 output: {exact}", exact)
 
 
-def _param_table() -> bool:
+def _param_table(report: Report) -> None:
     from ..params import paper_report
 
     rows = paper_report()
     for r in rows:
         print(f"  {r['label']:<30} ours {r['ours_m']:>8.3f}M   paper {r['paper_m']:>7.2f}M")
-    return all(r["ok"] for r in rows)
+    ok = all(r["ok"] for r in rows)
+    vlm = next(r for r in rows if r["label"].startswith("LLaVA-1.5 vitsplit"))
+    report.add(
+        f"parameters: {sum(r['ok'] for r in rows)}/{len(rows)} paper rows match; LLaVA-1.5 "
+        f"connector {vlm['ours_m']:.3f}M",
+        ok,
+    )
 
 
-def _train_stage(script: str, out: Path, retrain: bool) -> dict:
+def _train_stage(stage: str, retrain: bool, report: Report) -> None:
+    out = STAGE_OUTPUTS[stage]
     if retrain:
         shutil.rmtree(out, ignore_errors=True)
-    if not (out / SUMMARY).exists():
-        print(f"$ bash {script}   (output: {out})", flush=True)
-        subprocess.run(["bash", script], check=True)
-    else:
+    if (out / SUMMARY).exists():
         print(f"already trained: {out} (use --retrain to train again)")
-    summary = json.loads((out / SUMMARY).read_text())
-    print(
-        f"  stage {summary['stage']}: {summary['steps']} steps in {summary['train_runtime_s']}s "
-        f"({summary['seconds_per_step']}s/step), loss {summary['first_losses'][0]:.3f} -> "
-        f"{summary['last_losses'][-1]:.3f}; trainable {summary['trainable']}; skipped samples "
-        f"{summary['skipped']['total']}"
+    else:
+        argv = [sys.executable, "-m", "vitsplit_vlm.vlm.train", *stage_argv(stage)]
+        print(f"$ python -m vitsplit_vlm.vlm.train ...   (as bash scripts/{stage}.sh; -> {out})")
+        subprocess.run(argv, check=True, env=_train_env())
+    s = json.loads((out / SUMMARY).read_text())
+    report.add(
+        f"stage {s['stage']}: {s['steps']} steps, {s['seconds_per_step']} s/step, loss "
+        f"{s['first_losses'][0]:.3f} -> {s['last_losses'][-1]:.3f}, trains "
+        + ", ".join(f"{k} {v:,}" for k, v in s["trainable"].items() if v)
+        + f", skipped {s['skipped']['total']}  ({out})"
     )
-    return summary
 
 
-def _heldout(limit: int | None) -> dict:
+def _train_env() -> dict[str, str]:
+    """One CPU process, as `scripts/_common.sh` runs it."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    env.setdefault("DS_ACCELERATOR", "cpu")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _heldout(limit: int | None, report: Report) -> None:
     from ..vlm.engine import VLMEngine
     from .heldout import chance, evaluate, load_heldout
 
-    questions = load_heldout(DATA / "heldout.jsonl")[:limit]
-    engine = VLMEngine.from_pretrained(FINETUNE_OUT)
+    questions = load_heldout(paths.SHAPES / "heldout.jsonl")[:limit]
+    engine = VLMEngine.from_pretrained(paths.TINY_FINETUNE)
     results = {
-        c: evaluate(engine, questions, DATA / "images", control=c, progress=False)
+        c: evaluate(engine, questions, paths.SHAPES / "images", control=c)
         for c in ("none", "blank", "swap")
     }
     base = chance(questions)
     types = ["overall", *sorted(t for t in base if t != "overall")]
-    print(f"  {len(questions)} held-out questions; exact-match accuracy:")
-    print(f"  {'':<22}" + "".join(f"{t:>10}" for t in types))
     rows = [("chance (majority)", base)] + [
         (f"model, {'real' if c == 'none' else c} image", r["accuracy"]) for c, r in results.items()
     ]
-    for label, acc in rows:
-        print(f"  {label:<22}" + "".join(f"{acc.get(t, float('nan')):>10.3f}" for t in types))
-    print("  examples:")
-    for q, a in list(zip(questions, results["none"]["answers"], strict=False))[:6]:
-        print(
-            f"    {q['image']}: {q['text'].splitlines()[0]!r} -> {a['answer']!r} "
-            f"(truth {q['answer']!r})"
-        )
-    return {"chance": base["overall"], **{c: r["accuracy"]["overall"] for c, r in results.items()}}
+    table = [f"  {'':<22}" + "".join(f"{t:>10}" for t in types)]
+    table += [
+        f"  {label:<22}" + "".join(f"{acc.get(t, float('nan')):>10.3f}" for t in types)
+        for label, acc in rows
+    ]
+    examples = [
+        f"    {q['image']}: {q['text'].splitlines()[0]!r} -> {a['answer']!r} (truth {q['answer']!r})"
+        for q, a in list(zip(questions, results["none"]["answers"], strict=False))[:4]
+    ]
+    real = results["none"]["accuracy"]["overall"]
+    report.add(f"held-out: {len(questions)} questions on unseen images, exact-match accuracy:")
+    report.lines += table + ["  examples:", *examples]
+    report.ok = report.ok and real > base["overall"]
 
 
 def run(args: argparse.Namespace) -> int:
-    t0 = time.time()
+    report = Report()
     _step("1. ViT-Split core on tiny Hugging Face models (random weights, from_pretrained)")
-    exact = _core_demo()
+    _core_demo(report)
     _step("2. trainable parameters of the paper's models (meta device, no weights allocated)")
-    params_ok = _param_table()
-    if args.skip_training:
-        return 0 if exact and params_ok else 1
-    _step("3. stage 1: bash scripts/pretrain.sh (connector only, plain template, ZeRO-2)")
-    _train_stage("scripts/pretrain.sh", PRETRAIN_OUT, args.retrain)
-    _step("4. stage 2: bash scripts/finetune.sh (connector + LLM, vicuna_v1, ZeRO-3)")
-    _train_stage("scripts/finetune.sh", FINETUNE_OUT, args.retrain)
-    _step(f"5. answers on held-out images ({FINETUNE_OUT})")
-    acc = _heldout(args.heldout_limit)
-    ok = exact and params_ok and acc["none"] > acc["chance"]
+    _param_table(report)
+    if not args.skip_training:
+        _require_repository()
+        _step("3. playground: tiny models, a language-pretrained tiny Llama, the shapes data")
+        prepare()
+        _step("4. stage 1: connector only, plain template, ZeRO-2 (scripts/pretrain.sh)")
+        _train_stage("pretrain", args.retrain, report)
+        _step("5. stage 2: connector + LLM, vicuna_v1, ZeRO-3 (scripts/finetune.sh)")
+        _train_stage("finetune", args.retrain, report)
+        _step(f"6. answers on held-out images ({paths.TINY_FINETUNE})")
+        _heldout(args.heldout_limit, report)
+    _summary(report)
+    return 0 if report.ok else 1
+
+
+def _require_repository() -> None:
+    missing = [p for p in ("scripts/zero2.json", "scripts/zero3.json") if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(
+            f"quickstart: {', '.join(missing)} not found in {Path.cwd()}: run it from the "
+            "repository root (`make quickstart`)"
+        )
+
+
+def _summary(report: Report) -> None:
+    print(f"\n== summary: quickstart {'OK' if report.ok else 'FAILED'} in "
+          f"{time.time() - report.started:.0f}s")  # fmt: skip
+    for line in report.lines:
+        print(line if line.startswith("  ") else f"- {line}")
+    model = paths.TINY_FINETUNE
     print(
-        f"\nquickstart {'OK' if ok else 'FAILED'} in {time.time() - t0:.0f}s. Next: "
-        f"`vitsplit-vlm chat --model-path {FINETUNE_OUT} --image-file <png>`, "
-        "`vitsplit-vlm demo`, scripts/eval/*.sh; README.md for real weights."
+        "Next:\n"
+        f"  vitsplit-vlm chat --model-path {model} --image-file {paths.SHAPES}/images/heldout_00000.png\n"
+        f"  vitsplit-vlm demo --model-path {model} --examples {paths.SHAPES}/heldout.jsonl\n"
+        "  bash scripts/eval/vqav2.sh; bash scripts/eval/pope.sh; bash scripts/eval/mmbench.sh\n"
+        "  README.md: real weights and data (the same scripts, other paths)"
     )
-    return 0 if ok else 1

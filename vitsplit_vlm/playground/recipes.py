@@ -1,0 +1,107 @@
+"""The embedded tiny default's training recipe: what `scripts/*.sh` run with ``PRESET=playground``.
+
+The quickstart runs the trainer's Python entry point (``python -m vitsplit_vlm.vlm.train``) with
+`stage_flags(stage)`; the scripts are what users read and edit, so `tests/test_scripts.py`
+holds the two to the same flags (``DRY_RUN=1 bash scripts/pretrain.sh`` prints the scripts').
+`prepare` builds what both need: the tiny models (with the language-pretrained tiny Llama) and
+the shapes data set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import paths
+
+STAGES = ("pretrain", "finetune", "finetune_lora")
+SHAPES_ARGS = dict(num_train=6000, num_heldout=200, image_size=112, seed=0)
+
+# LLaVA's flag names; values as the scripts pass them.
+_COMMON = {
+    "--model_name_or_path": str(paths.TINY / "llama-chat"),
+    "--vision_tower": str(paths.TINY / "clip-vit"),
+    "--image_folder": str(paths.SHAPES / "images"),
+    "--mm_projector_type": "vitsplit",
+    "--mm_vision_select_layer": "-2",
+    "--mm_use_im_start_end": "False",
+    "--mm_use_im_patch_token": "False",
+    "--image_aspect_ratio": "pad",
+    "--save_strategy": "steps",
+    "--weight_decay": "0.",
+    "--warmup_ratio": "0.03",
+    "--lr_scheduler_type": "cosine",
+    "--logging_steps": "10",
+    "--report_to": "none",
+    "--per_device_train_batch_size": "32",
+    "--gradient_accumulation_steps": "1",
+    "--model_max_length": "512",
+    "--dataloader_num_workers": "0",
+    "--save_total_limit": "1",
+}
+_STAGE2 = {
+    "--version": "vicuna_v1",
+    "--data_path": str(paths.SHAPES / "finetune.json"),
+    "--pretrain_mm_mlp_adapter": str(paths.TINY_PRETRAIN / "mm_projector.safetensors"),
+    "--deepspeed": "scripts/zero3.json",
+    "--save_steps": "200",
+}
+_STAGES: dict[str, dict[str, str]] = {
+    "pretrain": {
+        "--version": "plain",
+        "--data_path": str(paths.SHAPES / "pretrain.json"),
+        "--deepspeed": "scripts/zero2.json",
+        "--tune_mm_mlp_adapter": "True",
+        "--output_dir": str(paths.TINY_PRETRAIN),
+        "--lazy_preprocess": "True",
+        "--max_steps": "150",
+        "--learning_rate": "1e-3",
+        "--save_steps": "100",
+    },
+    "finetune": {
+        **_STAGE2,
+        "--output_dir": str(paths.TINY_FINETUNE),
+        "--lazy_preprocess": "True",
+        "--group_by_modality_length": "True",
+        "--max_steps": "600",
+        "--learning_rate": "1e-3",
+        "--gradient_checkpointing": "False",  # tiny: checkpointing only costs time
+    },
+    "finetune_lora": {
+        **_STAGE2,
+        "--output_dir": str(paths.TINY_LORA),
+        "--lora_enable": "True",
+        "--lora_r": "128",
+        "--lora_alpha": "256",
+        "--max_steps": "300",
+        "--learning_rate": "2e-3",
+        "--mm_projector_lr": "1e-3",
+        "--gradient_checkpointing": "True",
+    },
+}
+
+
+def stage_flags(stage: str) -> dict[str, str]:
+    """``{flag: value}`` of one stage of the tiny default (`STAGES`)."""
+    if stage not in _STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    return {**_COMMON, **_STAGES[stage]}
+
+
+def stage_argv(stage: str, **overrides: str) -> list[str]:
+    """`stage_flags` as an argument list; ``overrides`` (``output_dir=...``) replace values."""
+    flags = stage_flags(stage)
+    flags.update({f"--{name}": str(value) for name, value in overrides.items()})
+    return [item for flag, value in flags.items() for item in (flag, value)]
+
+
+def prepare(*, progress: bool = True) -> Path:
+    """The tiny models, the language-pretrained tiny Llama and the shapes set (each skipped when
+    already current); returns the shapes folder."""
+    from .lm_pretrain import pretrain_llm
+    from .shapes import write_llava_dataset
+    from .tiny import make_tiny
+
+    tiny = make_tiny(paths.TINY)
+    pretrain_llm(tiny.llama, paths.TINY / "llama-chat")
+    write_llava_dataset(paths.SHAPES, progress=progress, **SHAPES_ARGS)
+    return paths.SHAPES
