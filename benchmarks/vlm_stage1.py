@@ -2,14 +2,16 @@
 
     python benchmarks/vlm_stage1.py                       # tiny playground models, CPU
     python benchmarks/vlm_stage1.py --llm /models/vicuna-7b-v1.5 \
-        --vision /models/clip-vit-large-patch14-336 --batch-size 8   # real sizes on a GPU
+        --vision /models/clip-vit-large-patch14-336 --data /data/blip_laion_cc_sbu_558k.json \
+        --images /data/LLaVA-Pretrain/images --batch-size 8   # real sizes on a GPU
 
-Each connector runs in its own child process (so peak memory is that connector's alone:
-`ru_maxrss` of the child on CPU, `torch.cuda.max_memory_allocated` on GPU); the children
-alternate (A B A B ...) for `--repeats` rounds and the medians are compared. Stage 1 as in
-training: frozen tower and LLM, only the connector gets gradients and AdamW steps, real batches
-from the playground pretrain set through the project's dataset and collator.
-Writes JSON to --out.
+Each measurement is the shipped training run itself: ``python -m vitsplit_vlm.vlm.train`` with
+stage 1's flags (`vitsplit_vlm.playground.recipes`, as `scripts/pretrain.sh`: DeepSpeed ZeRO-2,
+frozen tower and LLM, the connector trains) for `--warmup + --steps` optimizer steps, in a child
+process of its own (so peak memory is that connector's alone: `ru_maxrss` of the child on CPU,
+`torch.cuda.max_memory_allocated` from its `train_summary.json` on GPU). Step times are the
+trainer's own (`step_seconds` in `train_summary.json`), the first `--warmup` dropped. Children
+alternate (A B A B ...) for `--repeats` rounds; medians are compared. Writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -20,143 +22,121 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 CONNECTORS = ("vitsplit", "mlp2x_gelu")
+REPO = Path(__file__).resolve().parents[1]
 
 
-def child(args: argparse.Namespace) -> dict:
-    import torch
+def train_argv(args: argparse.Namespace, connector: str, out: Path) -> list[str]:
+    from vitsplit_vlm.playground.recipes import stage_argv
 
-    torch.set_num_threads(args.threads)
-    from vitsplit_vlm.vlm.builder import build_vlm
-    from vitsplit_vlm.vlm.conversation import get_template
-    from vitsplit_vlm.vlm.data import DataCollator, LazySupervisedDataset
-
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    torch.manual_seed(0)
-    built = build_vlm(
-        model_name_or_path=args.llm,
-        vision_tower=args.vision,
-        mm_projector_type=args.child,
-        dtype=dtype,
+    overrides = dict(
+        mm_projector_type=connector,
+        output_dir=out,
+        max_steps=args.warmup + args.steps,
+        per_device_train_batch_size=args.batch_size,
+        save_strategy="no",
+        logging_steps=args.warmup + args.steps,
+        deepspeed=REPO / "scripts" / "zero2.json",
     )
-    model = built.model.to(device)
-    model.requires_grad_(False)
-    model.connector.requires_grad_(True)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    data = LazySupervisedDataset(
-        args.data,
-        args.images,
-        built.tokenizer,
-        built.image_processor,
-        get_template("plain"),
-        model_max_length=512,
-        num_image_tokens=model.config.image_seq_length,
-        image_token_id=model.config.image_token_id,
-    )
-    collate = DataCollator(built.tokenizer.pad_token_id, 512)
-    batches = [
-        collate([data[(i * args.batch_size + j) % len(data)] for j in range(args.batch_size)])
-        for i in range(args.warmup + args.steps)
-    ]
-    times = []
-    for i, batch in enumerate(batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
+    given = {
+        "model_name_or_path": args.llm,
+        "vision_tower": args.vision,
+        "data_path": args.data,
+        "image_folder": args.images,
+    }
+    overrides.update({flag: value for flag, value in given.items() if value is not None})
+    return [sys.executable, "-m", "vitsplit_vlm.vlm.train", *stage_argv("pretrain", **overrides)]
+
+
+def run_child(args: argparse.Namespace, connector: str) -> dict:
+    """One training run; its summary's step times, trainable count and peak memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "DS_ACCELERATOR": "cpu"}
+        if _cuda():
+            env.pop("DS_ACCELERATOR")
+        log = Path(tmp) / "train.log"
+        with open(log, "w") as stderr:
+            proc = subprocess.Popen(
+                train_argv(args, connector, out),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=env,
+            )
+            _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS
+        if status != 0:
+            raise SystemExit(f"training failed ({connector}):\n{log.read_text()[-3000:]}")
+        summary = json.loads((out / "train_summary.json").read_text())
+    times = summary["step_seconds"][args.warmup :]
     return {
-        "connector": args.child,
-        "trainable": sum(p.numel() for p in params),
+        "connector": connector,
+        "trainable": summary["trainable"]["connector"],
         "median_step_s": statistics.median(times),
         "step_s": times,
-        "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "dtype": str(dtype),
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "peak_cuda_gib": summary["peak_cuda_memory_gib"],
+        "precision": summary["precision"],
     }
 
 
-def run_child(argv: list[str]) -> tuple[dict, float]:
-    """Run one child; return its JSON and its own peak RSS in MiB."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": argv[argv.index("--threads") + 1]},
-    )
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"benchmark child failed: {' '.join(argv)}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--llm", default="playground/tiny/llama-chat")
-    parser.add_argument("--vision", default="playground/tiny/clip-vit")
-    parser.add_argument("--data", default="playground/data/shapes/pretrain.json")
-    parser.add_argument("--images", default="playground/data/shapes/images")
+    parser.add_argument("--llm", help="LLM folder (default: the playground's tiny Llama)")
+    parser.add_argument("--vision", help="vision tower folder (default: the tiny CLIP)")
+    parser.add_argument("--data", help="stage-1 data JSON (default: the playground's)")
+    parser.add_argument("--images", help="image folder (default: the playground's)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vlm_stage1.json"))
-    parser.add_argument("--child", choices=CONNECTORS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/vlm_stage1.json")
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args)))
-        return 0
-    base = [
-        f"--{k.replace('_', '-')}={v}"
-        for k, v in vars(args).items()
-        if k not in ("child", "out", "repeats", "threads")
-    ] + ["--threads", str(args.threads)]
+    if args.llm is None:
+        from vitsplit_vlm.playground.recipes import prepare
+
+        os.chdir(REPO)  # the playground lives in the repository
+        prepare(progress=False)
     runs: dict[str, list] = {c: [] for c in CONNECTORS}
-    for _ in range(args.repeats):
+    for round_index in range(args.repeats):
         for name in CONNECTORS:  # alternate so drift hits both alike
-            result, rss = run_child([*base, "--child", name])
-            runs[name].append({**result, "peak_rss_mib": rss})
+            runs[name].append(run_child(args, name))
+            print(f"round {round_index + 1}/{args.repeats} {name}: "
+                  f"{runs[name][-1]['median_step_s']:.4f} s/step", flush=True)  # fmt: skip
     summary = {}
     for name, rs in runs.items():
+        rss = [r["peak_rss_mib"] for r in rs if r["peak_rss_mib"] is not None]
         summary[name] = {
             "trainable": rs[0]["trainable"],
             "median_step_s": statistics.median(r["median_step_s"] for r in rs),
-            "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
+            "peak_rss_mib": statistics.median(rss) if rss else None,
             "peak_cuda_gib": rs[0]["peak_cuda_gib"],
         }
     a, b = summary["vitsplit"], summary["mlp2x_gelu"]
     report = {
-        "benchmark": "stage-1 step (connector trains; tower + LLM frozen)",
-        "llm": args.llm,
-        "vision": args.vision,
+        "benchmark": "stage-1 training step (python -m vitsplit_vlm.vlm.train, ZeRO-2)",
+        "llm": args.llm or "playground tiny llama-chat",
+        "vision": args.vision or "playground tiny clip-vit",
         "batch_size": args.batch_size,
         "steps": args.steps,
+        "warmup": args.warmup,
         "repeats": args.repeats,
         "threads": args.threads,
-        "device": runs["vitsplit"][0]["device"],
-        "dtype": runs["vitsplit"][0]["dtype"],
+        "precision": runs["vitsplit"][0]["precision"],
         "connectors": summary,
         "ratio_vitsplit_over_mlp": {
             "step_time": a["median_step_s"] / b["median_step_s"],
             "trainable": a["trainable"] / b["trainable"],
-            "peak_rss": a["peak_rss_mib"] / b["peak_rss_mib"],
+            "peak_rss": a["peak_rss_mib"] / b["peak_rss_mib"] if a["peak_rss_mib"] else None,
         },
         "runs": runs,
     }

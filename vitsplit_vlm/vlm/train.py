@@ -269,7 +269,7 @@ def train(argv: list[str]) -> dict:
     from .builder import build_vlm
     from .conversation import get_template
     from .data import DataCollator, LazySupervisedDataset, summarize_skips
-    from .trainer import StartStep, VLMTrainer
+    from .trainer import StepTimer, VLMTrainer
 
     model_args, data_args, training_args, connector = parse_args(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
@@ -319,20 +319,22 @@ def train(argv: list[str]) -> dict:
     trainer = VLMTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=collator
     )
-    start_step = StartStep()
-    trainer.add_callback(start_step)
+    timer = StepTimer()
+    trainer.add_callback(timer)
     result = trainer.train(resume_from_checkpoint=resume_arg(training_args) or None)
-    steps_this_run = max(trainer.state.global_step - start_step.step, 1)
+    steps_this_run = max(trainer.state.global_step - timer.start_step, 1)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {
         "stage": 1 if model_args.tune_mm_mlp_adapter else 2,
         "mm_projector_type": model_args.mm_projector_type,
+        "vitsplit_config": connector.to_dict() if connector is not None else None,
         "template": model_args.version,
         "trainable": counts,
         "steps": trainer.state.global_step,
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-        "resumed_at_step": start_step.step,
+        "resumed_at_step": timer.start_step,
         "seconds_per_step": round(result.metrics.get("train_runtime", 0.0) / steps_this_run, 4),
+        "step_seconds": timer.step_seconds,
         "first_losses": losses[:5],
         "last_losses": losses[-5:],
         "skipped": summarize_skips(skip_log),

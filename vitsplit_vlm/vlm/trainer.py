@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import Trainer, TrainerCallback
 
@@ -49,10 +51,20 @@ class VLMTrainer(Trainer):
         return self.optimizer
 
 
-class StartStep(TrainerCallback):
-    """Remembers the step training (re)started from, so a resumed run times only its own steps."""
+class StepTimer(TrainerCallback):
+    """The step training (re)started from (a resumed run times only its own steps) and the wall
+    time of every optimizer step of this run (`step_seconds`, what benchmarks read)."""
 
-    step = 0
+    def __init__(self) -> None:
+        self.start_step = 0
+        self.step_seconds: list[float] = []
+        self._began = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.step = state.global_step
+        self.start_step = state.global_step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_seconds.append(round(time.perf_counter() - self._began, 5))
