@@ -23,6 +23,9 @@ The image placeholder is normalised as LLaVA does: every ``<image>`` is taken ou
 messages and the first user message becomes ``"<image>\\n" + text`` (stripped), so
 ``"<image>\\n"`` alone renders as ``"<image>"``. The system prompt is the template's: a
 ``"system"`` message is refused (``bad_roles``).
+
+The processor saved with a model renders the same text from transformers messages: its chat
+template is generated from these templates (`vitsplit_vlm.vlm.processing.chat_template`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class InvalidConversation(ValueError):
 
     Reasons: ``bad_roles`` (unknown role, a system message, roles out of order, wrong number of
     rounds for the template), ``no_assistant_turn``, ``empty_turn``, ``image_in_reply``,
-    ``image_count``.
+    ``image_count``; ``bad_format`` (a content part other than text and image, from
+    `vitsplit_vlm.vlm.processing.chat_to_messages`).
     """
 
     def __init__(self, reason: str, detail: str) -> None:
