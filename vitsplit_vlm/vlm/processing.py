@@ -56,6 +56,7 @@ def build_processor(image_processor, tokenizer, *, patch_size: int, conv_templat
     chat template of `conv_template` (the model config's ``conv_template``)."""
     from transformers import LlavaProcessor
 
+    keep_legacy_flag(tokenizer)
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -65,6 +66,20 @@ def build_processor(image_processor, tokenizer, *, patch_size: int, conv_templat
         chat_template=chat_template(get_template(conv_template)),
         image_token=DEFAULT_IMAGE_TOKEN,
     )
+
+
+def keep_legacy_flag(tokenizer) -> None:
+    """Make `save_pretrained` write the tokenizer's ``legacy`` flag, so that the tokenizer saved
+    beside a model splits text exactly as the one training used.
+
+    transformers 5's `LlamaTokenizer` rebuilds its Metaspace pre-tokenizer from ``legacy`` when it
+    loads (``True``: ``"▁"`` is prepended after every special token, so ``"</s>USER"`` gives
+    ``"▁USER"``; ``False``: only at the start of the text) but does not save the flag: a
+    ``legacy: true`` tokenizer would reload as ``legacy: false``. No-op for tokenizers without it.
+    """
+    legacy = getattr(tokenizer, "legacy", None)
+    if isinstance(legacy, bool):
+        tokenizer.init_kwargs["legacy"] = legacy
 
 
 # --------------------------------------------------------------------------- Python mapping
