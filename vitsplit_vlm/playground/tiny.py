@@ -118,10 +118,6 @@ TOKENIZER_SPEC: dict[str, Any] = dict(
     vocab_size=1000, corpus_scenes=3000, model_max_length=2048, model_type="bpe"
 )
 
-VICUNA_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the user's questions."
-)
 ENGLISH_PARAGRAPHS = (
     "An image is a grid of small coloured dots called pixels. Each pixel stores how much red, "
     "green and blue light it shows, and together the pixels form the picture we see.",
@@ -170,16 +166,22 @@ def tiny_paths(out_dir: str | Path) -> TinyPaths:
 
 
 def tokenizer_corpus() -> list[str]:
-    """Project text for the tokenizer: Vicuna prompt, chat markers, playground text, English."""
-    from vitsplit_vlm.playground.shapes import all_questions, corpus, sample_scene
+    """Project text for the tokenizer: Vicuna prompt, chat markers, playground text, English.
 
+    The Vicuna text comes from the ``vicuna_v1`` conversation template, rendered as training
+    renders it."""
+    from vitsplit_vlm.playground.shapes import all_questions, corpus, sample_scene
+    from vitsplit_vlm.vlm.conversation import get_template, render_conversation
+
+    vicuna = get_template("vicuna_v1")
+    user, assistant = vicuna.roles
     shapes = corpus(TOKENIZER_SPEC["corpus_scenes"], seed=0)
-    chat = [VICUNA_SYSTEM, "USER:", "ASSISTANT:", "USER", "ASSISTANT", "</s>"]
+    chat = [vicuna.system, f"{user}:", f"{assistant}:", user, assistant, vicuna.sep2]
     for i in range(200):  # a few lines laid out as Vicuna v1 conversations
         rng = random.Random(f"tiny-chat-{i}")
         qas = all_questions(sample_scene(rng), rng)
-        turns = "".join(f"USER: {qa.prompt} ASSISTANT: {qa.answer}</s>" for qa in qas)
-        chat.append(f"{VICUNA_SYSTEM} {turns}")
+        rounds = [turn for qa in qas for turn in ((user, qa.prompt), (assistant, qa.answer))]
+        chat.append(render_conversation(vicuna, rounds).text)
     digits = [" ".join("0123456789"), "0123456789", *(str(n) for n in range(100))]
     return chat + digits + list(ENGLISH_PARAGRAPHS) + shapes
 

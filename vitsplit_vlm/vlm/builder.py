@@ -105,7 +105,9 @@ def build_vlm(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     if pretrain_mm_mlp_adapter:
         load_connector(model, pretrain_mm_mlp_adapter)
-    processor = build_processor(image_processor, tokenizer, patch_size=spec.patch_size)
+    processor = build_processor(
+        image_processor, tokenizer, patch_size=spec.patch_size, conv_template=conv_template
+    )
     return BuiltVLM(model, tokenizer, image_processor, processor)
 
 

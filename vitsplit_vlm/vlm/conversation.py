@@ -21,7 +21,11 @@ alternating). What the two templates produce (``{system}`` is Vicuna's system pr
 
 The image placeholder is normalised as LLaVA does: every ``<image>`` is taken out of the user
 messages and the first user message becomes ``"<image>\\n" + text`` (stripped), so
-``"<image>\\n"`` alone renders as ``"<image>"``.
+``"<image>\\n"`` alone renders as ``"<image>"``. The system prompt is the template's: a
+``"system"`` message is refused (``bad_roles``).
+
+The processor saved with a model renders the same text from transformers messages: its chat
+template is generated from these templates (`vitsplit_vlm.vlm.processing.chat_template`).
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ Message = tuple[str, str | None]
 class InvalidConversation(ValueError):
     """A conversation the template cannot render; `reason` is a short machine-readable code.
 
-    Reasons: ``bad_roles`` (unknown role, roles out of order, wrong number of rounds for the
-    template), ``no_assistant_turn``, ``empty_turn``, ``image_in_reply``, ``image_count``.
+    Reasons: ``bad_roles`` (unknown role, a system message, roles out of order, wrong number of
+    rounds for the template), ``no_assistant_turn``, ``empty_turn``, ``image_in_reply``,
+    ``image_count``; ``bad_format`` (a content part other than text and image, from
+    `vitsplit_vlm.vlm.processing.chat_to_messages`).
     """
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -138,6 +144,12 @@ def normalize_image_placeholder(messages: Sequence[Message], template: Template)
 
 def _check_roles(messages: Sequence[Message], template: Template) -> None:
     for j, (role, _) in enumerate(messages):
+        if role.lower() == "system":
+            raise InvalidConversation(
+                "bad_roles",
+                f"message {j} is a system message; the {template.name} template has a fixed "
+                "system prompt (the one the model is trained with)",
+            )
         if role not in template.roles:
             raise InvalidConversation(
                 "bad_roles", f"unknown role {role!r}; expected one of {template.roles}"
