@@ -125,6 +125,8 @@ def test_global_batch_is_kept_on_cpu_processes(script, preset, nproc, launcher):
     launch = dry_run(script, PRESET=preset, NUM_GPUS="0", NPROC=str(nproc))
     assert launch.launcher == launcher and launch.world == nproc
     assert launch.global_batch == GLOBAL[script, preset]
+    # NUM_GPUS=0 once divided by zero and the paper preset lost its hyper-parameters silently
+    assert "--learning_rate" in launch.train_args
 
 
 def test_detected_world_without_gpus_is_nproc():
