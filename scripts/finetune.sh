@@ -9,7 +9,9 @@
 #     PRETRAIN=checkpoints/vitsplit-llava-v1.5-7b-pretrain OUT=checkpoints/vitsplit-llava-v1.5-7b \
 #     bash scripts/finetune.sh
 #
-# Extra arguments go to the trainer (LLaVA's flag names) and override the preset.
+# Extra arguments go to the trainer (LLaVA's flag names) and override the preset. The global batch
+# (GLOBAL_BATCH) is kept on any number of processes; DRY_RUN=1 prints the command. Launcher, world
+# size and batch variables: scripts/_common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_common.sh
@@ -24,14 +26,14 @@ OUT=${OUT:-checkpoints/vitsplit-tiny}
 PROJECTOR=${PROJECTOR:-vitsplit}
 
 if [ "$PRESET" = paper ]; then
-  # Paper / official: lr 2e-5, global batch 256 (LLaVA-1.5: 128), 1 epoch, bf16 on GPUs.
-  HP=(--per_device_train_batch_size 16 --gradient_accumulation_steps $((16 / ${NUM_GPUS:-8}))
-      --num_train_epochs 1 --learning_rate 2e-5 --model_max_length 2048
+  # Paper / official: lr 2e-5, 1 epoch, bf16 on GPUs, global batch 256 (LLaVA-1.5's: 128).
+  batch_flags 256 16 "$@"
+  HP=(--num_train_epochs 1 --learning_rate 2e-5 --model_max_length 2048
       --group_by_modality_length True --dataloader_num_workers 4 --save_steps 50000)
 else
+  batch_flags 32 32 "$@"  # before building the playground: fail fast
   prepare_playground
-  HP=(--per_device_train_batch_size 32 --gradient_accumulation_steps 1
-      --max_steps ${STEPS:-600} --learning_rate 1e-3 --model_max_length 512
+  HP=(--max_steps ${STEPS:-600} --learning_rate 1e-3 --model_max_length 512
       --group_by_modality_length True --dataloader_num_workers 0 --save_steps 200
       --save_total_limit 1 --gradient_checkpointing False)  # tiny: checkpointing only costs time
 fi
@@ -45,7 +47,6 @@ launch \
   --vision_tower "$VISION" \
   --pretrain_mm_mlp_adapter "$PRETRAIN/mm_projector.safetensors" \
   --mm_projector_type "$PROJECTOR" \
-  --vitsplit_k 1 --vitsplit_n 1 --vitsplit_task_input patch \
   --mm_vision_select_layer -2 \
   --mm_use_im_start_end False \
   --mm_use_im_patch_token False \
@@ -59,4 +60,4 @@ launch \
   --gradient_checkpointing True \
   --lazy_preprocess True \
   --report_to none \
-  "${HP[@]}" "$@"
+  "${HP[@]}" "${BATCH[@]}" "$@"

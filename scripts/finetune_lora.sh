@@ -6,6 +6,10 @@
 #
 #   bash scripts/finetune_lora.sh            # embedded default, after scripts/pretrain.sh
 #   PRESET=paper MODEL=... VISION=... DATA=... IMAGES=... PRETRAIN=... OUT=... bash scripts/finetune_lora.sh
+#
+# Extra arguments go to the trainer (LLaVA's flag names) and override the preset. The global batch
+# (GLOBAL_BATCH) is kept on any number of processes; DRY_RUN=1 prints the command. Launcher, world
+# size and batch variables: scripts/_common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_common.sh
@@ -20,13 +24,14 @@ OUT=${OUT:-checkpoints/vitsplit-tiny-lora}
 PROJECTOR=${PROJECTOR:-vitsplit}
 
 if [ "$PRESET" = paper ]; then
-  # LLaVA-1.5 LoRA recipe: r 128, alpha 256, lr 2e-4, projector lr 2e-5, batch 128.
-  HP=(--per_device_train_batch_size 16 --gradient_accumulation_steps $((8 / ${NUM_GPUS:-8}))
-      --num_train_epochs 1 --learning_rate 2e-4 --mm_projector_lr 2e-5 --model_max_length 2048
+  # LLaVA-1.5 LoRA recipe: r 128, alpha 256, lr 2e-4, projector lr 2e-5, global batch 128.
+  batch_flags 128 16 "$@"
+  HP=(--num_train_epochs 1 --learning_rate 2e-4 --mm_projector_lr 2e-5 --model_max_length 2048
       --group_by_modality_length True --dataloader_num_workers 4 --save_steps 50000)
 else
+  batch_flags 32 32 "$@"  # before building the playground: fail fast
   prepare_playground
-  HP=(--per_device_train_batch_size 32 --max_steps ${STEPS:-300} --learning_rate 2e-3
+  HP=(--max_steps ${STEPS:-300} --learning_rate 2e-3
       --mm_projector_lr 1e-3 --model_max_length 512 --dataloader_num_workers 0
       --save_steps 200 --save_total_limit 1)
 fi
@@ -53,4 +58,4 @@ launch \
   --logging_steps 10 \
   --gradient_checkpointing True \
   --report_to none \
-  "${HP[@]}" "$@"
+  "${HP[@]}" "${BATCH[@]}" "$@"

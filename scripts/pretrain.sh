@@ -7,7 +7,9 @@
 #     DATA=/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json IMAGES=/data/LLaVA-Pretrain/images \
 #     OUT=checkpoints/vitsplit-llava-v1.5-7b-pretrain bash scripts/pretrain.sh
 #
-# Extra arguments go to the trainer (LLaVA's flag names) and override the preset.
+# Extra arguments go to the trainer (LLaVA's flag names) and override the preset. The global batch
+# (GLOBAL_BATCH) is kept on any number of processes; DRY_RUN=1 prints the command. Launcher, world
+# size and batch variables: scripts/_common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_common.sh
@@ -22,13 +24,13 @@ PROJECTOR=${PROJECTOR:-vitsplit}
 
 if [ "$PRESET" = paper ]; then
   # Paper / official ViT-Split: global batch 256, lr 5e-4 (LLaVA-1.5's MLP used 1e-3), 1 epoch.
-  HP=(--per_device_train_batch_size 32 --gradient_accumulation_steps $((8 / ${NUM_GPUS:-8}))
-      --num_train_epochs 1 --learning_rate 5e-4 --model_max_length 2048
+  batch_flags 256 32 "$@"
+  HP=(--num_train_epochs 1 --learning_rate 5e-4 --model_max_length 2048
       --gradient_checkpointing True --dataloader_num_workers 4 --save_steps 24000)
 else
+  batch_flags 32 32 "$@"  # before building the playground: fail fast
   prepare_playground
-  HP=(--per_device_train_batch_size 32 --gradient_accumulation_steps 1
-      --max_steps ${STEPS:-150} --learning_rate 1e-3 --model_max_length 512
+  HP=(--max_steps ${STEPS:-150} --learning_rate 1e-3 --model_max_length 512
       --dataloader_num_workers 0 --save_steps 100 --save_total_limit 1)
 fi
 
@@ -40,7 +42,6 @@ launch \
   --image_folder "$IMAGES" \
   --vision_tower "$VISION" \
   --mm_projector_type "$PROJECTOR" \
-  --vitsplit_k 1 --vitsplit_n 1 --vitsplit_task_input patch \
   --tune_mm_mlp_adapter True \
   --mm_vision_select_layer -2 \
   --mm_use_im_start_end False \
@@ -54,4 +55,4 @@ launch \
   --logging_steps 10 \
   --lazy_preprocess True \
   --report_to none \
-  "${HP[@]}" "$@"
+  "${HP[@]}" "${BATCH[@]}" "$@"

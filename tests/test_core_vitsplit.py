@@ -209,6 +209,19 @@ def test_ablation_components(tiny):
     assert set(added.trainable_groups()) == {"task_head", "prior_head"}
 
 
+def test_output_is_a_dict_of_its_maps(tiny):
+    """DeepSpeed ZeRO-3's hooks find tensors in dicts, tuples and lists only: the output is a
+    ModelOutput; a map a configuration lacks is None as an attribute and absent from the dict."""
+    model = load(tiny, "dinov2")
+    x = pixels(model)
+    linear = ViTSplit(model, ViTSplitConfig(components=()))(x)
+    assert isinstance(linear, dict) and list(linear) == ["fused"]
+    assert linear.task is None and linear.prior is None and linear["fused"] is linear.fused
+    full = ViTSplit(model, ViTSplitConfig())(x)
+    assert list(full) == ["fused", "task", "prior"]
+    assert all(full[k] is getattr(full, k) for k in full)
+
+
 def test_sparse_gate_model_runs_and_trains_gate(tiny):
     model = load(tiny, "dinov2")
     vs = ViTSplit(model, ViTSplitConfig(k=1, n=3, selection="sparse_gate"))

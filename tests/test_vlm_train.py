@@ -3,7 +3,7 @@
 Every run is a subprocess (`python -m vitsplit_vlm.vlm.train ...`), so each one starts with a
 clean distributed state. Module fixtures run stage 1 (ZeRO-2, connector only, `plain`) and
 stage 2 (ZeRO-3, connector + LLM, `vicuna_v1`, gradient checkpointing) once on the tiny CLIP and
-Llama and a 16-image shapes set; the tests share their output folders.
+Llama and a 16-image shapes set; the tests share their output folders and read their output.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +52,17 @@ def run_train(*args, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def train_ok(*args) -> dict:
-    """Run a training that must succeed; return its train_summary.json."""
+def train_logged(*args) -> tuple[dict, str]:
+    """Run a training that must succeed; return its train_summary.json and its stdout + stderr."""
     proc = run_train(*args)
     assert proc.returncode == 0, f"training failed:\n{proc.stderr[-4000:]}"
     out = Path(args[args.index("--output_dir") + 1])
-    return json.loads((out / "train_summary.json").read_text())
+    return json.loads((out / "train_summary.json").read_text()), proc.stdout + proc.stderr
+
+
+def train_ok(*args) -> dict:
+    """Run a training that must succeed; return its train_summary.json."""
+    return train_logged(*args)[0]
 
 
 def train_fails(*args) -> str:
@@ -167,6 +174,7 @@ def fresh_build(tiny, seed: int):
 class Stage:
     out: Path
     summary: dict
+    output: str  # the run's stdout + stderr
 
 
 @pytest.fixture(scope="module")
@@ -186,11 +194,11 @@ STAGE1_FLAGS = (
 def stage1(tiny, data, tmp_path_factory) -> Stage:
     """ZeRO-2, connector only, `plain`; checkpoints at steps 2 and 4 (full model in each)."""
     out = tmp_path_factory.mktemp("stage1")
-    summary = train_ok(
+    summary, output = train_logged(
         *common(tiny, data, out, data.pretrain, steps=STAGE1_STEPS),
         *STAGE1_FLAGS,
     )
-    return Stage(out, summary)
+    return Stage(out, summary, output)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +208,7 @@ def stage2(tiny, data, stage1, tmp_path_factory) -> Stage:
     Seed 1 (stage 1 used 0): a connector that silently failed to load would start far away.
     """
     out = tmp_path_factory.mktemp("stage2")
-    summary = train_ok(
+    summary, output = train_logged(
         *common(tiny, data, out, data.finetune, steps=STAGE2_STEPS),
         "--deepspeed",
         ZERO3,
@@ -219,14 +227,14 @@ def stage2(tiny, data, stage1, tmp_path_factory) -> Stage:
         "--seed",
         "1",
     )
-    return Stage(out, summary)
+    return Stage(out, summary, output)
 
 
 @pytest.fixture(scope="module")
 def lora(tiny, data, stage1, tmp_path_factory) -> Stage:
     """Stage 2 with LoRA on the LLM (no DeepSpeed, to keep it short)."""
     out = tmp_path_factory.mktemp("lora")
-    summary = train_ok(
+    summary, output = train_logged(
         *common(tiny, data, out, data.finetune, steps=2),
         "--version",
         "vicuna_v1",
@@ -241,7 +249,7 @@ def lora(tiny, data, stage1, tmp_path_factory) -> Stage:
         "--mm_projector_lr",
         "1e-3",
     )
-    return Stage(out, summary)
+    return Stage(out, summary, output)
 
 
 @pytest.fixture(scope="module")
@@ -390,6 +398,95 @@ def test_stage2_folder_loads_and_answers(stage2, data):
         [Request(image, [(engine.template.user, question)])], GenerationSettings(max_new_tokens=8)
     )
     assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+# --------------------------------------------------------------------------- readable output
+
+# A warning or log line says "warn" (any case) or has a log-level prefix: Python logging's
+# `LEVEL:name:`, DeepSpeed's `[time] [LEVEL]`, torch's `W1201 03:02:49.473 pid file]`,
+# transformers' `[transformers] `. Progress-bar redraws are not; time stamps and process ids are
+# masked so that one message printed twice counts twice.
+LOG_PREFIX = re.compile(
+    r"(^|\s)((\[[^\]]*\] )?\[?(DEBUG|INFO|WARNING|ERROR|CRITICAL)[\]:]"
+    r"|[DIWEF]\d{4} \d\d:\d\d|\[transformers\] )"
+)
+PROGRESS_BAR = re.compile(r"\d+%\|[^|\n]*\|[^\]\n]*\]")  # ` 88%|████▊ | 7/8 [00:04<00:00, 1.8it/s]`
+TIME_OR_PID = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+|\d\d:\d\d:\d\d\.\d+ \d+")
+PY_WARNING = re.compile(r"\.py:\d+: \w*Warning: ")  # `file.py:83: FutureWarning: message`
+
+
+def warning_lines(output: str) -> list[str]:
+    """The warning and log lines of `output`, in order, progress bars cut out, time stamps masked.
+    A Python warning is one entry with the source line `warnings` prints under it."""
+    lines = [PROGRESS_BAR.sub("", line).strip() for line in re.split(r"[\r\n]", output)]
+    found, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if PY_WARNING.search(line) and i + 1 < len(lines):
+            found.append(f"{line}  <source:> {lines[i + 1]}")
+            i += 1
+        elif line and ("warn" in line.lower() or LOG_PREFIX.search(line)):
+            found.append(TIME_OR_PID.sub("<time>", line))
+        i += 1
+    return found
+
+
+def repeated_warnings(output: str) -> dict[str, int]:
+    return {line: n for line, n in Counter(warning_lines(output)).items() if n > 1}
+
+
+def test_repeated_warnings_finds_repeats_not_progress_bars():
+    """The definition, on lines shaped like the stage-2 output before the filters."""
+    scatter = (
+        "/venv/torch/distributed/c10d_logger.py:83: FutureWarning: "
+        "`torch.distributed.reduce_scatter_tensor` is deprecated."
+    )
+    ds = "[{}] [WARNING] [utils.py:197:apply_to_tensors_only] A module has unknown inputs"
+    output = "\n".join(
+        [
+            f"  0%|          | 0/8 [00:00<?, ?it/s]{scatter}",
+            "  return func(*args, **kwargs)",
+            " 12%|█▎        | 1/8 [00:00<00:03,  1.96it/s]",
+            " 12%|█▎        | 1/8 [00:00<00:03,  1.96it/s]",
+            "{'loss': '7.147', 'grad_norm': '12.49'}",
+            "{'loss': '7.147', 'grad_norm': '12.49'}",
+            scatter,
+            "  return func(*args, **kwargs)",
+            ds.format("2026-12-01 03:02:53,147"),
+            ds.format("2026-12-01 03:02:54,001"),
+            "Loading weights: 100%|██████████| 71/71 [00:00<00:00, 3403.65it/s]INFO:x:once",
+            "/venv/transformers/training_args.py:1541: FutureWarning: `gradient_checkpointing`",
+            '  warnings.warn(f"`{old}` is deprecated", FutureWarning)',
+            "W1201 03:02:49.473000 14578 torch/utils/cpp_extension.py:183] No CUDA runtime",
+        ]
+    )
+    assert repeated_warnings(output) == {
+        f"{scatter}  <source:> return func(*args, **kwargs)": 2,
+        ds.format("<time>"): 2,
+    }
+    assert len(warning_lines(output)) == 7
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_training_output_repeats_no_warning(stage, request):
+    """Stage 1 (ZeRO-2, two checkpoints) and stage 2 (ZeRO-3, gradient checkpointing): no
+    warning or log line twice (ZeRO-3 printed torch's reduce_scatter_tensor deprecation on every
+    collective), while the progress bar and the summary line stay."""
+    output = request.getfixturevalue(stage).output
+    repeated = repeated_warnings(output)
+    assert not repeated, "repeated warning/log lines:\n" + "\n".join(
+        f"{n} x {line}" for line, n in repeated.items()
+    )
+    assert PROGRESS_BAR.search(output)
+    assert f"[vitsplit-vlm train] stage {stage[-1]}: " in output
+
+
+def test_zero3_sees_into_the_heads_output(stage2):
+    """The heads return a ModelOutput (a dict), which ZeRO-3's hooks traverse; a dataclass made
+    DeepSpeed warn that the hooks cannot see its tensors."""
+    assert Path(stage2.summary["deepspeed"]).name == "zero3.json"
+    assert "unknown inputs or outputs type" not in stage2.output
+    assert "ViTSplitOutput" not in stage2.output
 
 
 # --------------------------------------------------------------------------- LoRA

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from transformers.utils import ModelOutput
 
 from .config import ResolvedLayers, ViTSplitConfig
 from .layers import conv_block, tokens_to_map
@@ -26,12 +27,17 @@ TRAINABLE_GROUPS = ("task_head", "prior_head", "fusion")
 
 
 @dataclass
-class ViTSplitOutput:
-    """Maps (B, C, h, w). `fused` is what downstream reads; `task`/`prior` may be None."""
+class ViTSplitOutput(ModelOutput):
+    """Maps (B, C, h, w). `fused` is what downstream reads; `task`/`prior` may be None.
+
+    A `ModelOutput` (an ordered dict of the fields that are not None, with attribute access) so
+    that DeepSpeed ZeRO-3's module hooks find the tensors in it: they traverse tuples, lists and
+    dicts only.
+    """
 
     fused: torch.Tensor
-    task: torch.Tensor | None
-    prior: torch.Tensor | None
+    task: torch.Tensor | None = None
+    prior: torch.Tensor | None = None
 
 
 class TaskHead(nn.Module):

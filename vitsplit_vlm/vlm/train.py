@@ -266,11 +266,13 @@ def train(argv: list[str]) -> dict:
     import torch
     from transformers import set_seed
 
+    from ..quiet import quiet_third_party
     from .builder import build_vlm
     from .conversation import get_template
     from .data import DataCollator, LazySupervisedDataset, summarize_skips
     from .trainer import StepTimer, VLMTrainer
 
+    quiet_third_party()  # known third-party warnings that would flood the output
     model_args, data_args, training_args, connector = parse_args(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
