@@ -14,6 +14,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from . import paths
+
 
 def _add_shapes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -97,7 +99,7 @@ def _add_dense(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("playground/data/dense"),
+        default=paths.DENSE_DATA,
         help="output folder; ade/, nyu/ and coco/ go inside (default: %(default)s)",
     )
     parser.add_argument("--num-train", type=int, default=2000, help="training images per set")
