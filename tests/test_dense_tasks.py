@@ -170,7 +170,8 @@ def test_vitsplit_flags_reach_the_checkpoint(tiny, sets, tmp_path):
     argv = ["dense", "train", "--task", "seg", "--backbone", str(tiny.dinov2), "--data",
             str(sets.ade), "--iters", "1", "--batch-size", "2", "--no-eval", "--out",
             str(tmp_path / "run"), "--k", "2", "--n", "3", "--s", "1", "--components",
-            "prior,task", "--deform-offset-init", "default", "--gate-temperature", "0.7"]  # fmt: skip
+            "prior,task", "--deform-offset-init", "default",
+            "--gate-temperature", "0.7"]  # fmt: skip
     assert main(argv) == 0
     spec = DenseSpec.from_dict(read_checkpoint(tmp_path / "run" / "checkpoint.pt")["spec"])
     assert spec.split == ViTSplitConfig(

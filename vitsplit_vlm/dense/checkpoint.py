@@ -3,7 +3,7 @@
 A checkpoint is one ``torch.save`` file of plain data (loads with ``weights_only=True``)::
 
     {"format": "vitsplit-dense", "version": 2,
-     "spec": DenseSpec.to_dict(),  # its ViT-Split settings nested: "split": ViTSplitConfig.to_dict()
+     "spec": DenseSpec.to_dict(),   # ViT-Split settings nested: "split": ViTSplitConfig dict
      "trunk": {"path", "fingerprint", "model_type", "num_blocks", "hidden_size"},
      "normalization": {"mean", "std"},
      "state_dict": {name: tensor}   # trainable groups + their buffers; the whole backbone

@@ -124,7 +124,8 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--scale",
         type=parse_pair,
-        help="keep-ratio resize LONG,SHORT at test time (and around which tasks that rescale in training draw)",
+        help="keep-ratio resize LONG,SHORT at test time (tasks that rescale in training: the "
+        "scale their random ratios multiply)",
     )
 
 
