@@ -46,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+from vitsplit_vlm.playground import paths
+
 CONFIGS: dict[str, list[str]] = {
     "linear": ["--method", "linear"],
     "prior+head": ["--components", "prior"],
@@ -54,13 +56,13 @@ CONFIGS: dict[str, list[str]] = {
     "vitsplit": [],
     "full": ["--method", "full"],
 }
-BACKBONES = {"random": "playground/tiny/dinov2", "pretrained": "playground/tiny/dinov2-pretrained"}
+BACKBONES = {"random": str(paths.TINY_DINOV2), "pretrained": str(paths.TINY / "dinov2-pretrained")}
 
 
 def command(
     args: argparse.Namespace, backbone: str, config: str, seed: int, out: Path
 ) -> list[str]:
-    data = ["--data", str(args.data)] if args.data else []
+    data = ["--data", str(args.data)] if args.data else ["--preset", "playground"]
     return [
         sys.executable, "-m", "vitsplit_vlm.cli", "dense", "train", "--task", "seg", *data,
         "--backbone", getattr(args, backbone), "--out", str(out), "--iters", str(args.iters),
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", default="random,pretrained")
     parser.add_argument("--random", default=BACKBONES["random"], help="random tiny DINOv2 folder")
     parser.add_argument("--pretrained", default=BACKBONES["pretrained"], help="pretrained one")
-    parser.add_argument("--data", type=Path, default=None, help="ADE20K-layout root (playground)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="ADE20K-layout root (default: the playground's)"
+    )
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--iters", type=int, default=600)

@@ -1,12 +1,15 @@
 """Training step time, peak memory and FLOPs: ViT-Split vs full fine-tuning (paper Tab. 14 idea).
 
 For each backbone size (DINOv2-S / -B by default, random weights built from the public
-architectures), each method (``vitsplit`` k=3 n=4 s=2, ``full``) and each memory mode
-(``default``; ``checkpoint-head``: the head's upsampling stack recomputed in backward, as
-``dense train --checkpoint-head``), one subprocess builds the segmentation model (150 classes,
-the paper's linear head) and times training steps (forward, backward, AdamW step) on a batch of
-512x512 crops (padded to 518 = 37 patches, as the official CenterPadding does). The loss is the
-training loss (`seg_loss` on the head's 4x-grid logits, resized inside the loss). Configurations
+architectures), each method (``vitsplit`` with the paper's segmentation layers for the size,
+k=3 n=4 s=2 on S and B; ``full``) and each memory mode (``default``; ``checkpoint-head``: the
+head's upsampling stack recomputed in backward, as ``dense train --checkpoint-head``), one
+subprocess builds the segmentation model (150 classes, the paper's linear head) through the
+factory ``dense train`` uses (`recipes.dense_spec` -> `DenseModel`) and times the engine's own
+training step (`engine.train_step`: the task's loss, backward, AdamW step, lr schedule) on a
+batch of 512x512 crops (padded to 518 = 37 patches, as the official CenterPadding does). The
+loss is the training loss (`seg_loss` on the head's 4x-grid logits, resized inside the loss).
+Configurations
 run in `--rounds` alternating rounds; a configuration's step time is the lowest of its rounds'
 median step times, its memory the highest of its rounds' peaks.
 
@@ -79,27 +82,27 @@ def measure(
     from transformers import AutoModel
 
     from vitsplit_vlm.core.presets import backbone_config
-    from vitsplit_vlm.dense.engine import TrainConfig, build_optimizer, set_head_checkpointing
-    from vitsplit_vlm.dense.losses import seg_loss
-    from vitsplit_vlm.dense.model import DenseModel, DenseSpec, count_parameters
+    from vitsplit_vlm.dense.datasets import Batch
+    from vitsplit_vlm.dense.engine import TrainConfig, start_training, train_step
+    from vitsplit_vlm.dense.model import DenseModel, count_parameters
+    from vitsplit_vlm.dense.recipes import dense_spec
+    from vitsplit_vlm.dense.tasks import get_task
     from vitsplit_vlm.dense.transforms import pad_to_multiple
 
     baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports only
     torch.manual_seed(0)
     trunk = AutoModel.from_config(backbone_config(size)).to(device)
-    model = (
-        DenseModel(trunk, DenseSpec(task="seg", method=method, num_classes=150)).to(device).train()
-    )
-    set_head_checkpointing(model, mode == "checkpoint-head")
-    optimizer = build_optimizer(model, TrainConfig(lr=1e-4))
+    task = get_task("seg")
+    spec, _ = dense_spec(task, method, trunk.config, task.presets["real"], num_classes=150)
+    model = DenseModel(trunk, spec).to(device)
+    config = TrainConfig(lr=1e-4, checkpoint_head=mode == "checkpoint-head")
+    state = start_training(model, config)  # training mode, head recomputation, AdamW, schedule
     pixels = pad_to_multiple(torch.randn(batch, 3, crop, crop, device=device), model.patch_size)
     labels = torch.randint(0, 150, (batch, *pixels.shape[-2:]), device=device)
+    data = Batch(pixels, seg=labels, depth=None, targets=None, metas=[{}] * batch, skipped=[])
 
     def step():
-        loss = seg_loss(model(pixels, resize=False), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)  # as dense train: no gradients in the next forward
+        train_step(state, data)  # the step dense train's loop runs
 
     def sync():
         if device.startswith("cuda"):
@@ -145,6 +148,7 @@ def measure(
         "memory_kind": memory_kind,
         "gflops_per_step": round((counter.get_total_flops() + deform) / 1e9, 1),
         "trainable_params": count_parameters(model)["total"],
+        "split": spec.split.to_dict() if spec.split is not None else None,
     }
 
 
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device, "threads": args.threads, "batch": args.batch, "crop": args.crop,
             "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,
             "torch": torch.__version__, "machine": platform.machine(),
-            "task": "seg, 150 classes, k=3 n=4 s=2",
+            "task": "seg, 150 classes, the paper's layers per size (S/B: k=3 n=4 s=2)",
         },
         "results": results,
         "ratios": ratios,

@@ -91,3 +91,27 @@ def test_depth_metric_averages_images_and_counts_empty():
     cropped = DepthMetric(crop=(0, 1, 0, 1))
     cropped.update(pred[:1], gt[:1])
     assert cropped.compute()["abs_rel"] == 0.0
+
+
+def test_metrics_merge_shards_into_the_one_pass_result():
+    torch.manual_seed(0)
+    preds, labels = torch.randint(0, 4, (6, 5, 5)), torch.randint(0, 4, (6, 5, 5))
+    labels[0, 0] = 255
+    whole, shards = SegMetric(4), [SegMetric(4), SegMetric(4)]
+    for i in range(6):
+        whole.update(preds[i], labels[i])
+        shards[i % 2].update(preds[i], labels[i])
+    shards[0].merge(shards[1])
+    assert torch.equal(shards[0].confusion, whole.confusion)
+    with pytest.raises(ValueError, match="cannot merge 3 classes into 4"):
+        shards[0].merge(SegMetric(3))
+
+    depth_pred, depth_gt = torch.rand(4, 1, 6, 6) * 9 + 0.5, torch.rand(4, 1, 6, 6) * 9 + 0.5
+    depth_gt[3] = 0  # no valid pixel: counted as empty
+    whole_depth, a, b = DepthMetric(), DepthMetric(), DepthMetric()
+    whole_depth.update(depth_pred, depth_gt)
+    a.update(depth_pred[:2], depth_gt[:2])
+    b.update(depth_pred[2:], depth_gt[2:])
+    a.merge(b)
+    assert (a.count, a.empty) == (whole_depth.count, whole_depth.empty) == (3, 1)
+    assert a.compute() == pytest.approx(whole_depth.compute(), rel=1e-12)

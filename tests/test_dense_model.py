@@ -8,6 +8,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from transformers import AutoModel
 
+from vitsplit_vlm.core import ViTSplitConfig
 from vitsplit_vlm.dense.detector import FixedStrideAnchorGenerator, batch_images, exact_roi_align
 from vitsplit_vlm.dense.heads import DepthHead, SegHead
 from vitsplit_vlm.dense.inference import predict_seg, slide_windows
@@ -133,12 +134,13 @@ def test_spec_validation():
         DenseSpec(task="seg")
     with pytest.raises(ValueError, match="DenseSpec.method"):
         DenseSpec(task="depth", method="lora")
-    spec = DenseSpec(task="seg", num_classes=3, components=("prior",), class_names=("a", "b", "c"))
+    split = ViTSplitConfig(components=("prior",))
+    spec = DenseSpec(task="seg", num_classes=3, split=split, class_names=("a", "b", "c"))
     assert DenseSpec.from_dict(spec.to_dict()) == spec
 
 
 def test_sparse_gate_selection_trains_the_gate(trunk):
-    spec = DenseSpec(task="seg", num_classes=3, selection="sparse_gate", n=2)
+    spec = DenseSpec(task="seg", num_classes=3, split=ViTSplitConfig(selection="sparse_gate", n=2))
     model = DenseModel(trunk, spec).train()
     assert model.required_layers == tuple(range(1, 9))  # the gate sees every block
     logits = model(torch.randn(2, 3, 28, 28))

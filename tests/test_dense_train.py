@@ -12,6 +12,7 @@ from torchvision.models.detection.image_list import ImageList
 from transformers import AutoModel
 
 from vitsplit_vlm.cli import main
+from vitsplit_vlm.core import ViTSplitConfig
 from vitsplit_vlm.dense import transforms as T
 from vitsplit_vlm.dense.checkpoint import (
     TrunkMismatchError,
@@ -115,7 +116,8 @@ def test_task_head_lr_multiplier(trunk):
 
 def test_checkpoint_round_trip_and_trunk_refusal(tiny, trunk, tmp_path):
     torch.manual_seed(0)
-    model = DenseModel(trunk, DenseSpec(task="seg", num_classes=5, k=2, n=3)).eval()
+    split = ViTSplitConfig(k=2, n=3, s=2)
+    model = DenseModel(trunk, DenseSpec(task="seg", num_classes=5, split=split)).eval()
     with torch.no_grad():
         model.head.norm.running_mean.uniform_()  # buffers travel too
     path = save_checkpoint(tmp_path / "seg.pt", model, trunk=_ref(tiny, trunk), mean=(0.5,) * 3,
@@ -137,6 +139,38 @@ def test_checkpoint_round_trip_and_trunk_refusal(tiny, trunk, tmp_path):
         load_dense_model(path, trunk_path=tmp_path / "other-trunk")
 
 
+def test_version_1_checkpoints_still_load(tiny, trunk, tmp_path):
+    """Version 1 kept the ViT-Split settings as flat spec fields; they load into `split`."""
+    from vitsplit_vlm.dense.checkpoint import upgrade_spec_v1
+
+    split = ViTSplitConfig(
+        k=2, n=3, s=1, components=("prior", "task"), deform_offset_init="default"
+    )
+    torch.manual_seed(0)
+    model = DenseModel(trunk, DenseSpec(task="seg", num_classes=5, split=split)).eval()
+    path = save_checkpoint(tmp_path / "v2.pt", model, trunk=_ref(tiny, trunk), mean=(0.5,) * 3,
+                           std=(0.5,) * 3)  # fmt: skip
+    payload = torch.load(path, weights_only=True)
+    assert payload["version"] == 2 and payload["spec"]["split"] == split.to_dict()
+    v1_spec = {"task": "seg", "method": "vitsplit", "k": 2, "n": 3, "s": 1,
+               "selection": "uniform", "components": ["prior", "task"],
+               "deform_offset_init": "default", "num_classes": 5, "class_names": None,
+               "min_depth": 0.001, "max_depth": 10.0, "extra": {}}  # fmt: skip
+    torch.save({**payload, "version": 1, "spec": v1_spec}, tmp_path / "v1.pt")
+    loaded, _ = load_dense_model(tmp_path / "v1.pt")
+    assert loaded.spec == model.spec
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    linear = DenseSpec.from_dict(upgrade_spec_v1({**v1_spec, "method": "linear"}))
+    assert linear.split == split.with_(components=())
+    full = DenseSpec.from_dict(upgrade_spec_v1({**v1_spec, "task": "depth", "method": "full"}))
+    assert full.split is None
+    torch.save({**payload, "version": 3}, tmp_path / "v3.pt")
+    with pytest.raises(ValueError, match="checkpoint version 3, expected one of"):
+        load_dense_model(tmp_path / "v3.pt")
+
+
 def test_full_checkpoint_keeps_its_backbone(tiny, tmp_path):
     trunk = AutoModel.from_pretrained(tiny.dinov2)
     model = DenseModel(trunk, DenseSpec(task="depth", method="full")).eval()
@@ -155,10 +189,13 @@ def test_full_checkpoint_keeps_its_backbone(tiny, tmp_path):
 
 def _adapters(tiny, trunk, tmp_path):
     specs = {
-        "seg": DenseSpec(task="seg", num_classes=5, k=3, n=4),
+        "seg": DenseSpec(task="seg", num_classes=5, split=ViTSplitConfig(k=3, n=4, s=2)),
         "depth": DenseSpec(task="depth", method="linear"),
         "det": DenseSpec(
-            task="det", num_classes=4, k=2, n=2, s=1, class_names=("a", "b", "c", "d")
+            task="det",
+            num_classes=4,
+            split=ViTSplitConfig(k=2, n=2, s=1),
+            class_names=("a", "b", "c", "d"),
         ),
     }
     paths = []
@@ -253,18 +290,28 @@ def test_cli_train_eval_predict(tiny, sets, tmp_path, capsys):
     assert (pred / f"{first.stem}_det.png").is_file()
 
 
-def test_layer_defaults_follow_the_paper_per_task_and_size():
-    from vitsplit_vlm.dense.recipes import layer_defaults
+def _layers(task: str, num_blocks: int, hidden_size: int) -> tuple[int, int, int | None]:
+    from vitsplit_vlm.dense.tasks import default_split_config
 
-    assert layer_defaults("seg", 12, 384)[0] == (3, 4, 2)
-    assert layer_defaults("seg", 24, 1024)[0] == (4, 8, 2)
-    assert layer_defaults("depth", 24, 1024)[0] == (3, 4, 6)
-    assert layer_defaults("det", 12, 768) == ((11, 5, 2), "paper setting for det on DINOv2-B")
-    assert layer_defaults("det", 24, 1024)[0] == (23, 8, 2)
+    cfg, _ = default_split_config(task, num_blocks, hidden_size)
+    return cfg.k, cfg.n, cfg.s
+
+
+def test_layer_defaults_follow_the_paper_per_task_and_size():
+    from vitsplit_vlm.dense.tasks import default_split_config
+
+    assert _layers("seg", 12, 384) == (3, 4, 2)
+    assert _layers("seg", 24, 1024) == (4, 8, 2)
+    assert _layers("depth", 24, 1024) == (3, 4, 6)
+    assert default_split_config("det", 12, 768) == (
+        ViTSplitConfig(k=11, n=5, s=2),
+        "paper setting for det on DINOv2-B",
+    )
+    assert _layers("det", 24, 1024) == (23, 8, 2)
     # the tiny playground trunk (8 blocks, width 192) and trunks the paper never trained
-    assert layer_defaults("det", 8, 192)[0] == (3, 4, 2)
-    assert layer_defaults("seg", 40, 1536)[0] == (3, 4, 2)
-    assert layer_defaults("seg", 3, 64)[0] == (2, 2, 1)  # clipped: a frozen block, 2 priors
+    assert _layers("det", 8, 192) == (3, 4, 2)
+    assert _layers("seg", 40, 1536) == (3, 4, 2)
+    assert _layers("seg", 3, 64) == (2, 2, 1)  # clipped: a frozen block, 2 priors
 
 
 @pytest.mark.parametrize("task", ["seg", "depth", "det"])
@@ -272,17 +319,14 @@ def test_paper_layer_defaults_train_on_the_dinov2_s_architecture(sets, task):
     """The settings `dense train` picks for a real DINOv2-S (det: k=11, n=5, s=2) build and take
     an optimizer step on that architecture (random weights; nothing downloaded)."""
     from vitsplit_vlm.core.presets import backbone_config
-    from vitsplit_vlm.dense.recipes import layer_defaults
 
     torch.manual_seed(0)
     trunk = AutoModel.from_config(backbone_config("dinov2-s"))
-    (k, n, s), _ = layer_defaults(task, trunk.config.num_hidden_layers, trunk.config.hidden_size)
+    k, n, s = _layers(task, trunk.config.num_hidden_layers, trunk.config.hidden_size)
     extra = {"rcnn": {"box_batch_size_per_image": 16, "rpn_batch_size_per_image": 32}}
     spec = DenseSpec(
         task=task,
-        k=k,
-        n=n,
-        s=s,
+        split=ViTSplitConfig(k=k, n=n, s=s),
         num_classes=None if task == "depth" else 4,
         extra=extra if task == "det" else {},
     )

@@ -2,8 +2,8 @@
 
 A checkpoint is one ``torch.save`` file of plain data (loads with ``weights_only=True``)::
 
-    {"format": "vitsplit-dense", "version": 1,
-     "spec": DenseSpec.to_dict(),
+    {"format": "vitsplit-dense", "version": 2,
+     "spec": DenseSpec.to_dict(),   # ViT-Split settings nested: "split": ViTSplitConfig dict
      "trunk": {"path", "fingerprint", "model_type", "num_blocks", "hidden_size"},
      "normalization": {"mean", "std"},
      "state_dict": {name: tensor}   # trainable groups + their buffers; the whole backbone
@@ -13,6 +13,9 @@ A checkpoint is one ``torch.save`` file of plain data (loads with ``weights_only
 The fingerprint is a SHA-256 over the trunk's state dict (names, dtypes, shapes, bytes). Loading
 re-computes it on the trunk found at ``trunk.path`` (or the path given) and refuses a mismatch,
 since heads trained on one trunk's features are meaningless on another's.
+
+Version 1 kept the ViT-Split settings as flat spec fields (k, n, s, selection, components,
+deform_offset_init); `read_checkpoint` converts such a spec to the nested form (`upgrade_spec_v1`).
 """
 
 from __future__ import annotations
@@ -26,10 +29,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from vitsplit_vlm.core.config import ViTSplitConfig
+
 from .model import DenseModel, DenseSpec
 
 FORMAT = "vitsplit-dense"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+V1_SPLIT_FIELDS = ("k", "n", "s", "selection", "components", "deform_offset_init")
 FROZEN_PREFIXES = ("split.trunk.", "split.heads.final_norm.")
 
 
@@ -102,9 +109,23 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} checkpoint")
-    if payload.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint version {payload.get('version')}, expected {VERSION}")
+    version = payload.get("version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(
+            f"{path}: checkpoint version {version}, expected one of {READABLE_VERSIONS}"
+        )
+    if version == 1:
+        payload["spec"] = upgrade_spec_v1(payload["spec"])
     return payload
+
+
+def upgrade_spec_v1(spec: dict) -> dict:
+    """A version-1 spec dict (flat ViT-Split fields) in the current nested form."""
+    spec = dict(spec)
+    flat = {name: spec.pop(name) for name in V1_SPLIT_FIELDS if name in spec}
+    split = ViTSplitConfig(**flat) if spec.get("method") != "full" else None
+    spec["split"] = split.to_dict() if split is not None else None
+    return spec
 
 
 def check_trunk(

@@ -1,18 +1,20 @@
 """`vitsplit-vlm dense {train,eval,predict}`: dense prediction on a frozen trunk.
 
-    vitsplit-vlm dense train --task seg                      # embedded: tiny DINOv2 + playground
+    vitsplit-vlm dense train --task seg --preset playground  # tiny DINOv2 + playground sets
     vitsplit-vlm dense train --task seg --backbone PATH --data ADEChallengeData2016 \\
         --k 3 --n 4 --s 2 --method vitsplit --out runs/ade-s
     vitsplit-vlm dense eval --checkpoint runs/ade-s/checkpoint.pt [--data ROOT]
     vitsplit-vlm dense predict --checkpoint runs/ade-s/checkpoint.pt --images DIR --out preds/
     vitsplit-vlm dense predict --adapters seg.pt,depth.pt,det.pt --images DIR --out preds/
 
-Without ``--backbone`` the tiny DINOv2 of ``make-tiny`` (``playground/tiny/dinov2``) is used and
-built if missing; without ``--data`` the playground sets of ``make-data dense``
-(``playground/data/dense/{ade,nyu,coco}``) are used and generated if missing. Hyper-parameters
-default to the paper's recipe on real data (`PRESETS`) and to a few-minute CPU run on playground
-sets (``--preset auto`` tells them apart; `vitsplit_vlm.dense.recipes`); every one can be
-overridden.
+``dense train`` needs ``--backbone`` and ``--data``, except with ``--preset playground``, which
+fills a missing one with the tiny DINOv2 of ``make-tiny`` (built if missing) or the task's
+playground set of ``make-data dense`` (generated if missing) and prints which it used.
+Hyper-parameters come from the task's preset (`vitsplit_vlm.dense.tasks`): the paper's recipe
+on real data, a few-minute CPU run on playground sets (``--preset auto`` tells them apart from
+the data); every flag given overrides one value. The ViT-Split settings start from the paper's
+layers for the task and trunk, and each `ViTSplitConfig` flag (`vitsplit_vlm.core.flags`)
+overrides one field. Task flags come from the registered tasks; a task rejects another's.
 """
 
 from __future__ import annotations
@@ -20,34 +22,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from vitsplit_vlm.core import flags
+
+from .engine import SCHEDULES
+from .inference import SEG_MODES
+from .model import METHODS
 from .recipes import (
-    TASK_SETS,
+    PRESET_CHOICES,
     build_dataset,
+    dense_spec,
     eval_config,
     first_size,
-    layer_defaults,
     normalization,
     preset_kind,
-    resolve_backbone,
-    resolve_data,
-    settings,
 )
-
-
-def _pair(text: str) -> tuple[int, int]:
-    parts = [int(v) for v in text.replace("x", ",").split(",")]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
-    return parts[0], parts[1]
-
-
-def _floats(text: str) -> tuple[float, float]:
-    a, b = (float(v) for v in text.split(","))
-    return a, b
+from .tasks import TASKS, DenseTask, Preset, TaskOption, get_task
+from .tasks.base import parse_pair
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,63 +60,36 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, choices=tuple(TASK_SETS))
-    p.add_argument("--backbone", type=Path, default=None, help="HF vision model folder")
-    p.add_argument("--data", type=Path, default=None, help="data set root in its public layout")
+    p.add_argument("--task", required=True, choices=tuple(TASKS))
+    needed = "required unless --preset playground"
+    p.add_argument("--backbone", type=Path, default=None, help=f"HF vision model folder ({needed})")
+    p.add_argument(
+        "--data", type=Path, default=None, help=f"data set root in its public layout ({needed})"
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="run folder (default runs/dense/TASK-METHOD)"
     )
     p.add_argument(
         "--preset",
         default="auto",
-        choices=("auto", "real", "playground"),
-        help="hyper-parameter defaults: the paper's recipe or a few-minute CPU run (auto: "
-        "playground for sets written by make-data dense)",
+        choices=PRESET_CHOICES,
+        help="hyper-parameter defaults: the paper's recipe (real) or a few-minute CPU run "
+        "(playground: also fills a missing --backbone / --data with the tiny DINOv2 and the "
+        "playground sets); auto: playground for sets written by make-data dense",
     )
     p.add_argument(
         "--method",
         default="vitsplit",
-        choices=("vitsplit", "linear", "full"),
+        choices=METHODS,
         help="vitsplit: frozen trunk + heads; linear: frozen last layer + head; full: fine-tune all",
     )
-    layers = "default: the paper's for the task on DINOv2-S/B/L, else 3 / 4 / 2 (PAPER_LAYERS)"
-    p.add_argument(
-        "--k", type=int, default=None,
-        help=f"blocks copied into the task head (seg S/B 3, L 4; depth 3/4/3; det 11/11/23; {layers})",
-    )  # fmt: skip
-    p.add_argument(
-        "--n", type=int, default=None,
-        help=f"frozen layers read by the prior head (seg 4, L 8; det 5/5/8; {layers})",
-    )  # fmt: skip
-    p.add_argument("--s", type=int, default=None, help=f"first prior block (uniform; {layers})")
-    p.add_argument(
-        "--selection",
-        default="uniform",
-        choices=("uniform", "sparse_gate"),
-        help="prior layers: uniform from --s, or a learned top-n gate over all blocks",
+    flags.add_arguments(
+        p,
+        preset_note="default: the task's paper layers on DINOv2-S/B/L (detection: the official "
+        "code's), else k=3 n=4 s=2",
     )
-    p.add_argument("--components", default="prior,task,fusion", help="subset of prior,task,fusion")
-    p.add_argument(
-        "--deform-offset-init",
-        default="zero",
-        choices=("zero", "default"),
-        help="deformable conv offsets: zero (plain 3x3 at start) or PyTorch's default init",
-    )
-    p.add_argument(
-        "--num-classes", type=int, default=None, help="seg: default objectInfo*.csv or 150"
-    )
-    preset = "default: the task's preset, see PRESETS"
-    p.add_argument("--iters", type=int, help=f"optimiser steps ({preset})")
-    p.add_argument("--batch-size", type=int, help=f"images per step ({preset})")
-    p.add_argument("--lr", type=float, help=f"AdamW base lr ({preset})")
-    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay ({preset})")
-    p.add_argument(
-        "--task-head-lr-mult", type=float, default=0.1,
-        help="task head lr = lr x this (paper 0.1; random tiny trunks may want 1)",
-    )  # fmt: skip
-    p.add_argument("--schedule", choices=("poly", "onecycle", "step", "constant"), help=preset)
-    p.add_argument("--warmup-iters", type=int, help=f"linear warmup steps ({preset})")
-    p.add_argument("--grad-clip", type=float, help="max grad norm (0 = off)")
+    _add_schedule(p)
+    _add_task_options(p)
     p.add_argument(
         "--eval-untrained", action="store_true",
         help="also evaluate the model before training (metrics.json: eval_untrained)",
@@ -132,20 +98,6 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         "--checkpoint-head", action="store_true",
         help="seg/depth: recompute the head's upsampling in backward (less memory, ~5%% compute)",
     )  # fmt: skip
-    p.add_argument("--crop-size", type=_pair, help="training crop N or H,W")
-    p.add_argument("--scale", type=_pair, help="resize scale LONG,SHORT (seg/det)")
-    p.add_argument("--ratio-range", type=_floats, help="det: random rescale range, e.g. 0.8,1.25")
-    p.add_argument("--roi-batch", type=int, help="det: RoIs sampled per image (COCO 512)")
-    p.add_argument("--max-depth", type=float, default=10.0, help="depth: metres (loss / metrics)")
-    p.add_argument("--depth-scale", type=float, default=1000.0, help="depth PNG units per metre")
-    p.add_argument("--eval-mode", choices=("whole", "slide"), help="seg inference (window = crop)")
-    p.add_argument("--eval-stride", type=_pair, help="seg: sliding-window stride N or H,W")
-    p.add_argument(
-        "--eval-crop",
-        default="auto",
-        choices=("auto", "none", "eigen"),
-        help="depth: NYU Eigen crop (auto: when images are 480x640)",
-    )
     p.add_argument("--max-eval-images", type=int, default=None, help="evaluate on the first N")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -154,13 +106,67 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     _add_common(p)
 
 
+def _add_schedule(p: argparse.ArgumentParser) -> None:
+    """Flags of the fields every task's `Preset` has."""
+    preset = "default: the task's preset"
+    g = p.add_argument_group("training recipe", f"Each flag overrides one value ({preset}).")
+    g.add_argument("--iters", type=int, help="optimiser steps")
+    g.add_argument("--batch-size", type=int, help="images per step")
+    g.add_argument("--lr", type=float, help="AdamW base lr")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    g.add_argument(
+        "--task-head-lr-mult", type=float, default=0.1,
+        help="task head lr = lr x this (paper 0.1; random tiny trunks may want 1)",
+    )  # fmt: skip
+    g.add_argument("--schedule", choices=SCHEDULES, help="lr schedule")
+    g.add_argument("--warmup-iters", type=int, help="linear warmup steps")
+    g.add_argument("--grad-clip", type=float, help="max grad norm (0 = off)")
+    g.add_argument(
+        "--scale",
+        type=parse_pair,
+        help="keep-ratio resize LONG,SHORT at test time (tasks that rescale in training: the "
+        "scale their random ratios multiply)",
+    )
+
+
+def task_options() -> dict[str, tuple[TaskOption, list[str]]]:
+    """``{flag: (option, names of the tasks using it)}`` over the registry; a flag shared by
+    several tasks must be one `TaskOption` (declared once)."""
+    found: dict[str, tuple[TaskOption, list[str]]] = {}
+    for task in TASKS.values():
+        for option in task.options:
+            first, users = found.setdefault(option.flag, (option, []))
+            if first != option:
+                raise ValueError(
+                    f"{option.flag}: {task.name} declares it again differently from {users}; "
+                    "share one TaskOption"
+                )
+            users.append(task.name)
+    return found
+
+
+def _add_task_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("task options", "Each applies to the tasks in brackets.")
+    for flag, (option, users) in task_options().items():
+        g.add_argument(
+            flag, dest=option.field, type=option.type, choices=option.choices, default=None,
+            help=f"[{', '.join(users)}] {option.help}",
+        )  # fmt: skip
+
+
+def check_task_options(args: argparse.Namespace, task: DenseTask) -> None:
+    """Refuse a task flag given for a task that does not use it."""
+    own = {option.flag for option in task.options}
+    for flag, (option, users) in task_options().items():
+        if flag not in own and getattr(args, option.field, None) is not None:
+            raise ValueError(f"{flag} is a {'/'.join(users)} option; --task {task.name} has none")
+
+
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data", type=Path, default=None, help="default: the data the run used")
     p.add_argument("--backbone", type=Path, default=None, help="default: the recorded trunk path")
-    p.add_argument(
-        "--eval-mode", choices=("whole", "slide"), help="seg inference (default: the run's)"
-    )
+    p.add_argument("--eval-mode", choices=SEG_MODES, help="seg inference (default: the run's)")
     p.add_argument("--max-eval-images", type=int, default=None, help="evaluate on the first N")
     p.add_argument("--out", type=Path, default=None, help="also write the metrics JSON here")
     _add_common(p)
@@ -176,7 +182,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/dense/predictions"))
     p.add_argument("--backbone", type=Path, default=None, help="default: the recorded trunk path")
     p.add_argument(
-        "--scale", type=_pair, default=None, help="resize LONG,SHORT (default: the run's)"
+        "--scale", type=parse_pair, default=None, help="resize LONG,SHORT (default: the run's)"
     )
     _add_common(p)
 
@@ -191,64 +197,144 @@ def _set_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, n))
 
 
-# --------------------------------------------------------------------------- actions
+# --------------------------------------------------------------------------- inputs
 
 
-def run_train(args: argparse.Namespace) -> int:
+def resolve_inputs(args: argparse.Namespace, task: DenseTask) -> tuple[Path, Path]:
+    """(backbone, data) from ``--backbone`` / ``--data``; with ``--preset playground`` a missing
+    one is the playground's (built or generated on first use), and printed."""
+    missing = [f for f, v in (("--backbone", args.backbone), ("--data", args.data)) if v is None]
+    if missing and args.preset != "playground":
+        raise ValueError(
+            f"{' and '.join(missing)} required with --preset {args.preset}: give the path (a "
+            "Hugging Face vision model folder; a data set root in its public layout), or pass "
+            "--preset playground for the tiny DINOv2 and the playground sets"
+        )
+    backbone = args.backbone or _playground_backbone()
+    data = args.data or _playground_data(task)
+    return backbone, data
+
+
+def _playground_backbone() -> Path:
+    from vitsplit_vlm.playground import paths
+
+    note = ""
+    if not (paths.TINY_DINOV2 / "config.json").is_file():
+        from vitsplit_vlm.playground.tiny import make_tiny
+
+        make_tiny(paths.TINY)
+        note = ", built now"
+    print(f"--preset playground: --backbone {paths.TINY_DINOV2} (the tiny DINOv2{note})")
+    return paths.TINY_DINOV2
+
+
+def _playground_data(task: DenseTask) -> Path:
+    from vitsplit_vlm.playground import paths
+
+    note = ""
+    if not (paths.DENSE_DATA / "manifest.json").is_file():
+        from vitsplit_vlm.playground.dense_sets import write_dense_sets
+
+        write_dense_sets(paths.DENSE_DATA)
+        note = ", generated now"
+    data = paths.DENSE_DATA / task.playground_set
+    print(f"--preset playground: --data {data} (the playground {task.name} set{note})")
+    return data
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclass
+class TrainPlan:
+    """What ``dense train`` resolved from its flags before loading anything."""
+
+    task: DenseTask
+    kind: str  # "real" | "playground"
+    preset: Preset
+    backbone: Path
+    data: Path
+    out: Path
+
+
+def plan_train(args: argparse.Namespace) -> TrainPlan:
+    """Flags -> task, preset and paths; a ``ValueError`` names the flag at fault."""
+    task = get_task(args.task)
+    check_task_options(args, task)
+    backbone, data = (path.resolve() for path in resolve_inputs(args, task))
+    kind = preset_kind(args.preset, data)
+    preset = task.presets[kind].override(vars(args))
+    out = args.out or Path("runs/dense") / f"{task.name}-{args.method}"
+    return TrainPlan(task, kind, preset, backbone, data, out)
+
+
+def _usage_error(err: ValueError) -> SystemExit:
+    return SystemExit(f"vitsplit-vlm dense train: error: {err}")
+
+
+def _build_model(args: argparse.Namespace, plan: TrainPlan, train_set):
+    """(model, trunk reference) through `dense_spec`, the factory benchmarks share."""
     import torch
 
-    from .checkpoint import TrunkRef, fingerprint, load_trunk, save_checkpoint
-    from .engine import TrainConfig, evaluate, train
-    from .model import DenseModel, DenseSpec, count_parameters
+    from .checkpoint import TrunkRef, fingerprint, load_trunk
+    from .model import DenseModel
 
-    backbone = resolve_backbone(args.backbone).resolve()
-    data = resolve_data(args.task, args.data).resolve()
-    kind = preset_kind(args.preset, data)
-    opts = settings(args, kind)
-    opts.update(max_depth=args.max_depth, depth_scale=args.depth_scale, eval_crop=args.eval_crop,
-                max_eval_images=args.max_eval_images)  # fmt: skip
-    out = args.out or Path("runs/dense") / f"{args.task}-{args.method}"
-    out.mkdir(parents=True, exist_ok=True)
-    mean, std = normalization(backbone)
-    train_set = build_dataset(args.task, data, "train", opts, mean, std, train=True, seed=args.seed,
-                              num_classes=args.num_classes)  # fmt: skip
-    num_classes = getattr(train_set, "num_classes", None)
-    extra = {}
-    if args.task == "det":
-        extra["rcnn"] = {"box_batch_size_per_image": opts["roi_batch"], **opts.get("rcnn", {})}
-    trunk = load_trunk(backbone)
-    (k, n, s), origin = layer_defaults(
-        args.task, trunk.config.num_hidden_layers, trunk.config.hidden_size
-    )
-    k, n, s = (args.k or k), (args.n or n), (s if args.s is None else args.s)
+    trunk = load_trunk(plan.backbone)
+    try:
+        spec, origin = dense_spec(
+            plan.task, args.method, trunk.config, plan.preset, overrides=flags.overrides(args),
+            num_classes=getattr(train_set, "num_classes", None),
+            class_names=getattr(train_set, "class_names", None),
+        )  # fmt: skip
+    except ValueError as err:
+        raise _usage_error(err) from None
     if args.method == "vitsplit":
-        print(f"layers: k={k} n={n} s={s} ({origin} unless given as flags)")
-    spec = DenseSpec(
-        task=args.task, method=args.method, k=k, n=n, s=s, selection=args.selection,
-        components=tuple(c for c in args.components.split(",") if c),
-        deform_offset_init=args.deform_offset_init, num_classes=num_classes,
-        class_names=getattr(train_set, "class_names", None), max_depth=args.max_depth, extra=extra,
-    )  # fmt: skip
-    ref = TrunkRef(str(backbone), fingerprint(trunk), trunk.config.model_type,
-                   trunk.config.num_hidden_layers, trunk.config.hidden_size)  # fmt: skip
+        cfg = spec.split
+        print(f"layers: k={cfg.k} n={cfg.n} s={cfg.s} ({origin} unless given as flags)")
+    c = trunk.config
+    ref = TrunkRef(str(plan.backbone), fingerprint(trunk), c.model_type, c.num_hidden_layers,
+                   c.hidden_size)  # fmt: skip
     torch.manual_seed(args.seed)
-    model = DenseModel(trunk, spec)
-    cfg = TrainConfig(
-        iters=opts["iters"], batch_size=opts["batch_size"], lr=opts["lr"],
-        weight_decay=opts["weight_decay"], task_head_lr_mult=args.task_head_lr_mult,
-        schedule=opts["schedule"], warmup_iters=opts["warmup_iters"], grad_clip=opts["grad_clip"],
+    return DenseModel(trunk, spec), ref
+
+
+def _train_config(args: argparse.Namespace, preset: Preset):
+    from .engine import TrainConfig
+
+    return TrainConfig(
+        iters=preset.iters, batch_size=preset.batch_size, lr=preset.lr,
+        weight_decay=preset.weight_decay, task_head_lr_mult=args.task_head_lr_mult,
+        schedule=preset.schedule, warmup_iters=preset.warmup_iters, grad_clip=preset.grad_clip,
         checkpoint_head=args.checkpoint_head, num_workers=args.workers, seed=args.seed,
         log_every=args.log_every,
     )  # fmt: skip
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .engine import evaluate, train
+    from .model import count_parameters
+
+    try:
+        plan = plan_train(args)
+    except ValueError as err:
+        raise _usage_error(err) from None
+    task, preset, data, out = plan.task, plan.preset, plan.data, plan.out
+    out.mkdir(parents=True, exist_ok=True)
+    mean, std = normalization(plan.backbone)
+    train_set = build_dataset(task, data, "train", preset, mean, std, train=True, seed=args.seed)
+    model, ref = _build_model(args, plan, train_set)
+    cfg = _train_config(args, preset)
     params = count_parameters(model)
     val_set = eval_cfg = untrained = None
     if args.eval_untrained or not args.no_eval:
-        val_set = build_dataset(args.task, data, "val", opts, mean, std, train=False)
-        eval_cfg = eval_config(args.task, opts, first_size(val_set))
+        val_set = build_dataset(task, data, "val", preset, mean, std, train=False)
+        eval_cfg = eval_config(task, preset, first_size(val_set), max_images=args.max_eval_images)
     if args.eval_untrained:  # the baseline for "metrics improve over the untrained model"
         untrained = evaluate(model, val_set, eval_cfg)
         print(f"untrained: {json.dumps(_summary(untrained))}")
-    print(f"{args.task} / {args.method} on {backbone} ({ref.fingerprint}); data {data} ({kind})")
+    print(f"{task.name} / {args.method} on {plan.backbone} ({ref.fingerprint}); data {data} "
+          f"({plan.kind})")  # fmt: skip
     print(f"trainable parameters: {json.dumps(params)}")
     with open(out / "train_log.jsonl", "w") as log_file:
 
@@ -259,9 +345,10 @@ def run_train(args: argparse.Namespace) -> int:
 
         result = train(model, train_set, cfg, log=log)
     print(result.skips.summary())
+    opts = {**preset.to_dict(), "max_eval_images": args.max_eval_images}
     info = {
-        "data": str(data), "task": args.task, "train": cfg.__dict__, "opts": _jsonable(opts),
-        "test_scale": opts.get("scale"), "steps": result.steps, "seconds": round(result.seconds, 1),
+        "data": str(data), "task": task.name, "train": cfg.__dict__, "opts": _jsonable(opts),
+        "test_scale": preset.scale, "steps": result.steps, "seconds": round(result.seconds, 1),
         "first_loss": result.first_loss, "last_loss": result.last_loss,
         "skipped": result.skips.as_dict(), "params": params,
     }  # fmt: skip
@@ -277,24 +364,26 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- eval, predict
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_dense_model
     from .engine import evaluate
 
     model, payload = load_dense_model(args.checkpoint, trunk_path=args.backbone)
     info = payload.get("info", {})
-    opts = dict(info.get("opts", {}))
-    for key in ("crop_size", "scale", "eval_stride"):
-        if opts.get(key) is not None:
-            opts[key] = tuple(opts[key])
+    task = model.task
+    preset = task.preset_from_dict(info.get("opts", {}))
     if args.eval_mode:
-        opts["eval_mode"] = args.eval_mode
-    opts["max_eval_images"] = args.max_eval_images
+        if "eval_mode" not in preset.to_dict():
+            raise SystemExit(f"vitsplit-vlm dense eval: error: --eval-mode: {task.name} has none")
+        preset = preset.override({"eval_mode": args.eval_mode})
     data = args.data or Path(info["data"])
     norm = payload["normalization"]
-    task = model.spec.task
-    val_set = build_dataset(task, data, "val", opts, norm["mean"], norm["std"], train=False)
-    metrics = evaluate(model, val_set, eval_config(task, opts, first_size(val_set)))
+    val_set = build_dataset(task, data, "val", preset, norm["mean"], norm["std"], train=False)
+    cfg = eval_config(task, preset, first_size(val_set), max_images=args.max_eval_images)
+    metrics = evaluate(model, val_set, cfg)
     text = json.dumps(_jsonable(metrics), indent=1)
     print(json.dumps(_summary(metrics)))
     if args.out:
@@ -330,6 +419,9 @@ def _jsonable(obj):
     )
 
 
+ACTIONS = {"train": run_train, "eval": run_eval, "predict": run_predict}
+
+
 def run(args: argparse.Namespace) -> int:
     _set_threads(args)
-    return {"train": run_train, "eval": run_eval, "predict": run_predict}[args.action](args)
+    return ACTIONS[args.action](args)

@@ -1,4 +1,8 @@
-"""Training and evaluation loops for `DenseModel` (seg / depth / det), iteration based.
+"""Training and evaluation loops for `DenseModel`, iteration based; the model's task supplies the
+loss, the evaluation prediction and the metric (`vitsplit_vlm.dense.tasks`).
+
+`train` repeats `train_step` (the same function `benchmarks/dense_speed.py` times) on shuffled
+batches; `evaluate` runs one image at a time.
 
 Optimiser: AdamW over the named trainable groups, weight decay on every parameter (as the
 official MMSegmentation configs), the task head at ``lr * task_head_lr_mult`` (official 0.1).
@@ -19,16 +23,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .coco import coco_evaluate, to_coco_results
 from .datasets import Batch, DenseDataset, SkipLog, collate
 from .heads import UpsamplingHead
-from .inference import predict_depth, predict_seg
-from .losses import SILogLoss, seg_loss
-from .metrics import DepthMetric, SegMetric
 from .model import DenseModel
 
 SCHEDULES = ("poly", "onecycle", "step", "constant")
@@ -107,30 +108,49 @@ def build_optimizer(model: DenseModel, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def set_head_checkpointing(model: DenseModel, enabled: bool) -> None:
-    """Recompute the seg / depth head's upsampling stack in backward (less memory, ~5% compute)."""
+    """Recompute the head's upsampling stack in backward (less memory, ~5% compute)."""
     if isinstance(model.head, UpsamplingHead):
         model.head.checkpoint_up = enabled
     elif enabled:
-        raise ValueError("--checkpoint-head applies to the seg and depth heads, not to det")
-
-
-def compute_loss(
-    model: DenseModel, batch: Batch, depth_loss: SILogLoss | None = None
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Forward one batch; returns (loss, its parts as floats)."""
-    task = model.spec.task
-    if task == "seg":
-        loss = seg_loss(model(batch.images, resize=False), batch.seg)
-        return loss, {"loss": float(loss.detach())}
-    if task == "depth":
-        loss = (depth_loss or SILogLoss(max_depth=model.spec.max_depth))(
-            model(batch.images), batch.depth
+        raise ValueError(
+            f"--checkpoint-head applies to heads with an upsampling stack; the "
+            f"{model.spec.task} head has none"
         )
-        return loss, {"loss": float(loss.detach())}
-    images = list(batch.images) if isinstance(batch.images, torch.Tensor) else batch.images
-    parts = model(images, batch.targets)
-    loss = sum(parts.values())
-    return loss, {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+
+
+@dataclass
+class TrainState:
+    """What one training step needs: the model (in training mode), AdamW and its schedule."""
+
+    model: DenseModel
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    params: list[nn.Parameter]
+    grad_clip: float | None
+
+
+def start_training(model: DenseModel, cfg: TrainConfig) -> TrainState:
+    """Put `model` in training mode and build its optimizer and lr schedule."""
+    model.train()
+    set_head_checkpointing(model, cfg.checkpoint_head)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return TrainState(model, optimizer, scheduler, params, cfg.grad_clip)
+
+
+def train_step(state: TrainState, batch: Batch) -> dict[str, float]:
+    """One optimiser step on `batch`: the task's loss, backward, gradient clipping, AdamW, then
+    the lr schedule. Returns the loss parts as floats (``"loss"``: the total)."""
+    model = state.model
+    loss, parts = model.task.loss(model, batch)
+    loss.backward()
+    if state.grad_clip:
+        nn.utils.clip_grad_norm_(state.params, state.grad_clip)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)  # here: no gradients live through the next forward
+    state.scheduler.step()
+    return parts
 
 
 @dataclass
@@ -180,12 +200,7 @@ def train(
 
     The loss logged per step is the running mean since the previous log line.
     """
-    model.train()
-    set_head_checkpointing(model, cfg.checkpoint_head)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    depth_loss = SILogLoss(max_depth=model.spec.max_depth) if model.spec.task == "depth" else None
+    state = start_training(model, cfg)
     result = TrainResult(steps=0)
     result.skips.extend(dataset.skipped_at_init)
     window: list[float] = []
@@ -194,20 +209,14 @@ def train(
         result.skips.extend(batch.skipped)
         if not len(batch):
             continue
-        loss, parts = compute_loss(model, batch, depth_loss)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)  # here, so no gradients live through the next forward
-        scheduler.step()
+        parts = train_step(state, batch)
         result.steps += 1
         window.append(parts["loss"])
         if result.steps == 1 or result.steps % cfg.log_every == 0 or result.steps == cfg.iters:
             entry = {
                 "step": result.steps,
                 "loss": sum(window) / len(window),
-                "lr": max(g["lr"] / g["lr_mult"] for g in optimizer.param_groups),
+                "lr": max(g["lr"] / g["lr_mult"] for g in state.optimizer.param_groups),
                 "s_per_step": (time.perf_counter() - start) / result.steps,
             }
             result.history.append(entry)
@@ -228,26 +237,23 @@ def train(
 
 @dataclass
 class EvalConfig:
-    seg_mode: str = "whole"
-    crop: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
-    depth_crop: tuple[int, int, int, int] | None = None
-    max_depth: float = 10.0
-    min_depth: float = 1e-3
+    """`settings`: the task's own (`DenseTask.eval_settings`; None: its defaults); `max_images`:
+    evaluate on the first N only."""
+
+    settings: Any = None
     max_images: int | None = None
 
 
 @torch.no_grad()
 def evaluate(model: DenseModel, dataset: DenseDataset, cfg: EvalConfig | None = None) -> dict:
-    """Metrics over `dataset` (built with ``train=False``), one image at a time."""
+    """The task's metrics over `dataset` (built with ``train=False``), one image at a time."""
     cfg = cfg or EvalConfig()
     model.eval()
-    task = model.spec.task
+    task = model.task
+    settings = cfg.settings if cfg.settings is not None else task.eval_settings()
     skips = SkipLog()
     skips.extend(dataset.skipped_at_init)
-    seg = SegMetric(model.spec.num_classes) if task == "seg" else None
-    depth = DepthMetric(cfg.min_depth, cfg.max_depth, cfg.depth_crop) if task == "depth" else None
-    results, image_ids = [], []
+    metric = task.metric(model, dataset, settings)
     n = len(dataset) if cfg.max_images is None else min(len(dataset), cfg.max_images)
     for index in range(n):
         batch = collate([dataset[index]])
@@ -256,30 +262,7 @@ def evaluate(model: DenseModel, dataset: DenseDataset, cfg: EvalConfig | None = 
             continue
         meta = batch.metas[0]
         pixels = batch.images if isinstance(batch.images, torch.Tensor) else batch.images[0][None]
-        if task == "seg":
-            gt = meta["gt_seg"]
-            logits = predict_seg(
-                model,
-                pixels,
-                mode=cfg.seg_mode,
-                crop=cfg.crop,
-                stride=cfg.stride,
-                out_size=gt.shape,
-            )
-            seg.update(logits.argmax(1)[0], gt)
-        elif task == "depth":
-            gt = meta["gt_depth"]
-            depth.update(predict_depth(model, pixels, out_size=gt.shape[-2:])[0], gt)
-        else:
-            detections = model([pixels[0]])[0]
-            results += to_coco_results(detections, meta, dataset.cat_ids)
-            image_ids.append(meta["image_id"])
-    if task == "seg":
-        metrics = seg.compute()
-    elif task == "depth":
-        metrics = {**depth.compute(), "images": depth.count, "empty": depth.empty}
-    else:
-        metrics = coco_evaluate(dataset.ann_file, results, image_ids)
-        metrics["detections"] = len(results)
+        metric.update(task.predict(model, pixels, meta, settings), meta)
+    metrics = metric.compute()
     metrics["skipped"] = skips.as_dict()
     return metrics

@@ -1,4 +1,4 @@
-"""Dense "linear" heads of the paper (DESIGN §3), reading one fused map (B, C, h, w)."""
+"""Dense "linear" heads of the paper (sizes in its Tab. 12), reading one fused map (B, C, h, w)."""
 
 from __future__ import annotations
 

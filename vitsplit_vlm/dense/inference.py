@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .transforms import pad_to_multiple
 
 MapFn = Callable[[torch.Tensor], torch.Tensor]  # padded (B, 3, H', W') -> (B, K, H', W')
+SEG_MODES = ("whole", "slide")
 
 
 def run_padded(fn: MapFn, pixels: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -77,7 +78,7 @@ def predict_seg(
     elif mode == "whole":
         logits = run_padded(model, pixels, p)
     else:
-        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        raise ValueError(f"mode must be one of {SEG_MODES}, got {mode!r}")
     if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
         logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
     return logits

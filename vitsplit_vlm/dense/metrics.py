@@ -39,6 +39,12 @@ class SegMetric:
         k = self.num_classes
         self.confusion += torch.bincount(label * k + pred, minlength=k * k).reshape(k, k).cpu()
 
+    def merge(self, other: SegMetric) -> None:
+        """Add another accumulator's confusion matrix (same classes), e.g. from another shard."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+        self.confusion += other.confusion
+
     def compute(self) -> dict:
         """``{"mIoU", "aAcc", "mAcc", "IoU": [...], "Acc": [...]}``; IoU and accuracies in
         percent, ``nan`` for a class that never occurs (left out of the means)."""
@@ -124,6 +130,13 @@ class DepthMetric:
             for key, value in errors.items():
                 self.sums[key] += value
             self.count += 1
+
+    def merge(self, other: DepthMetric) -> None:
+        """Add another accumulator's per-image sums and counts, e.g. from another shard."""
+        for key in DEPTH_KEYS:
+            self.sums[key] += other.sums[key]
+        self.count += other.count
+        self.empty += other.empty
 
     def compute(self) -> dict[str, float]:
         """Mean of every key in `DEPTH_KEYS` over images (nan when none was valid)."""

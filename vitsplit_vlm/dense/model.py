@@ -10,8 +10,9 @@ method         what trains
 ``full``       the whole backbone + the same head on its last layer (after the final norm)
 =============  ============================================================================
 
-Every method reads one map (B, C, h, w) and hands it to the task head: `SegHead`, `DepthHead`
-or `DetHead` (Mask R-CNN). Trainable groups are named once (`trainable_groups`): the ViT-Split
+Every method reads one map (B, C, h, w) and hands it to the head its task builds (a registered
+`vitsplit_vlm.dense.tasks.DenseTask`: `SegHead`, `DepthHead`, `DetHead` = Mask R-CNN); the task
+also runs the forward pass. Trainable groups are named once (`trainable_groups`): the ViT-Split
 groups of `vitsplit_vlm.core` plus ``"head"`` (and ``"backbone"`` for ``full``); the same names
 drive the optimizer's learning rates and what a checkpoint keeps.
 """
@@ -19,7 +20,7 @@ drive the optimizer's learning rates and what a checkpoint keeps.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -29,10 +30,8 @@ from vitsplit_vlm.core import ViTSplit, ViTSplitConfig
 from vitsplit_vlm.core.layers import tokens_to_map
 from vitsplit_vlm.core.trunk import check_pixels, trunk_final_norm, trunk_spec, unwrap_vision_model
 
-from .detector import DetHead, batch_images
-from .heads import DepthHead, SegHead
+from .tasks import DenseTask, get_task
 
-TASKS = ("seg", "depth", "det")
 METHODS = ("vitsplit", "linear", "full")
 
 
@@ -40,19 +39,17 @@ METHODS = ("vitsplit", "linear", "full")
 class DenseSpec:
     """Everything that fixes the trainable architecture (stored in checkpoints).
 
-    `components` follows `ViTSplitConfig.components` (paper Tab. 6 ablations); `num_classes`
-    excludes any background / ignore label; ``extra["rcnn"]`` holds keyword arguments for
-    torchvision's `MaskRCNN` (RoI sampling sizes, proposal counts).
+    `split` is the ViT-Split setting of the frozen-trunk methods: ``None`` (the default
+    `ViTSplitConfig`) for ``vitsplit``; ``linear`` keeps its layers but no component (the frozen
+    last layer after the final norm); ``full`` fine-tunes the trunk and takes none. `task` names a
+    registered `DenseTask`, which checks the fields it uses: `num_classes` (excluding any
+    background / ignore label) for seg / det, ``extra["rcnn"]`` (torchvision `MaskRCNN` keyword
+    arguments) for det.
     """
 
     task: str
     method: str = "vitsplit"
-    k: int = 3
-    n: int = 4
-    s: int | None = 2
-    selection: str = "uniform"
-    components: tuple[str, ...] = ("prior", "task", "fusion")
-    deform_offset_init: str = "zero"
+    split: ViTSplitConfig | None = None
     num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
     min_depth: float = 1e-3
@@ -60,39 +57,61 @@ class DenseSpec:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "components", tuple(self.components))
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(self.class_names))
-        if self.task not in TASKS:
-            raise ValueError(f"DenseSpec.task: must be one of {TASKS}, got {self.task!r}")
+        try:
+            task = get_task(self.task)
+        except ValueError as err:
+            raise ValueError(f"DenseSpec.task: {err}") from None
         if self.method not in METHODS:
             raise ValueError(f"DenseSpec.method: must be one of {METHODS}, got {self.method!r}")
-        if self.task in ("seg", "det") and not (self.num_classes and self.num_classes > 0):
-            raise ValueError(f"DenseSpec.num_classes: {self.task} needs a positive class count")
+        object.__setattr__(self, "split", _method_split(self.method, self.split))
+        task.check_spec(self)
 
-    def split_config(self) -> ViTSplitConfig | None:
-        """The `ViTSplitConfig` of the frozen-trunk methods (None for ``full``)."""
-        if self.method == "full":
-            return None
-        components = () if self.method == "linear" else self.components
-        return ViTSplitConfig(
-            k=self.k,
-            n=self.n,
-            s=self.s,
-            selection=self.selection,
-            components=components,
-            deform_offset_init=self.deform_offset_init,
-        )
+    @property
+    def task_object(self) -> DenseTask:
+        return get_task(self.task)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["components"] = list(self.components)
-        d["class_names"] = list(self.class_names) if self.class_names else None
-        return d
+        """Plain data (loads with ``torch.load(weights_only=True)``); `from_dict` reads it."""
+        return {
+            "task": self.task,
+            "method": self.method,
+            "split": self.split.to_dict() if self.split is not None else None,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names) if self.class_names else None,
+            "min_depth": self.min_depth,
+            "max_depth": self.max_depth,
+            "extra": dict(self.extra),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> DenseSpec:
-        return cls(**dict(d))
+        d = dict(d)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"DenseSpec.from_dict: unknown fields {unknown}; known {sorted(known)}"
+            )
+        split = d.pop("split", None)
+        return cls(**d, split=ViTSplitConfig.from_dict(split) if split is not None else None)
+
+
+def _method_split(method: str, split: ViTSplitConfig | None) -> ViTSplitConfig | None:
+    """`DenseSpec.split` for `method` (see the class doc), checked."""
+    if method == "full":
+        if split is not None:
+            raise ValueError("DenseSpec.split: method 'full' fine-tunes the trunk; give no split")
+        return None
+    split = ViTSplitConfig() if split is None else split
+    if not isinstance(split, ViTSplitConfig):
+        raise ValueError(f"DenseSpec.split: expected a ViTSplitConfig, got {type(split).__name__}")
+    if split.variant != "dense":
+        raise ValueError(
+            f"DenseSpec.split: dense heads need variant 'dense', got {split.variant!r}"
+        )
+    return split.with_(components=()) if method == "linear" else split
 
 
 class FullBackbone(nn.Module):
@@ -117,14 +136,6 @@ class FullBackbone(nn.Module):
         return tokens_to_map(tokens, grid, self.spec.num_prefix_tokens)
 
 
-def build_head(spec: DenseSpec, channels: int, patch_size: int) -> nn.Module:
-    if spec.task == "seg":
-        return SegHead(channels, spec.num_classes)
-    if spec.task == "depth":
-        return DepthHead(channels, min_depth=spec.min_depth)
-    return DetHead(channels, spec.num_classes, patch_size=patch_size, **spec.extra.get("rcnn", {}))
-
-
 class DenseModel(nn.Module):
     """Backbone adapter + task head over one Hugging Face vision trunk.
 
@@ -136,13 +147,14 @@ class DenseModel(nn.Module):
     def __init__(self, trunk: nn.Module, spec: DenseSpec) -> None:
         super().__init__()
         self.spec = spec
-        cfg = spec.split_config()
+        self.task = spec.task_object
+        cfg = spec.split
         self.split: ViTSplit | None = ViTSplit(trunk, cfg) if cfg is not None else None
         self.backbone: FullBackbone | None = FullBackbone(trunk) if cfg is None else None
         trunk_info = self.split.trunk.spec if self.split is not None else self.backbone.spec
         self.trunk_spec = trunk_info
         channels = self.split.out_channels if self.split is not None else trunk_info.hidden_size
-        self.head = build_head(spec, channels, trunk_info.patch_size)
+        self.head = self.task.build_head(spec, channels, trunk_info.patch_size)
 
     @property
     def patch_size(self) -> int:
@@ -205,22 +217,12 @@ class DenseModel(nn.Module):
         targets: list[dict] | None = None,
     ):
         """Task head on a fused map; `size` = (H, W) of the (padded) input."""
-        if self.spec.task == "det":
-            return self.head(fused, images, targets)
-        return self.head(fused, size)
+        return self.task.decode(self.head, fused, size, images, targets)
 
     def forward(self, pixels, targets: list[dict] | None = None, *, resize: bool = True):
         """See the class docstring. ``resize=False`` (seg only) returns the head's logits at its
         own 4x-grid resolution, for `seg_loss` to resize without full-size activations."""
-        if self.spec.task == "det":
-            images = (
-                pixels if isinstance(pixels, ImageList) else batch_images(pixels, self.patch_size)
-            )
-            return self.decode(self.features(images.tensors), None, images, targets)
-        if not resize and self.spec.task != "seg":
-            raise ValueError("resize=False is for segmentation logits; depth is resized in-head")
-        size = tuple(pixels.shape[-2:]) if resize else None
-        return self.decode(self.features(pixels), size)
+        return self.task.forward(self, pixels, targets, resize=resize)
 
 
 def count_parameters(model: DenseModel) -> dict[str, int]:

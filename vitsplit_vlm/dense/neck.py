@@ -1,4 +1,4 @@
-"""Detection neck: one fused stride-p map -> four scales (DESIGN §3, official `DINOViTSplitFusion`).
+"""Detection neck: one fused stride-p map -> four scales (as the official `DINOViTSplitFusion`).
 
     x4  : [ConvT2x2s2 -> GN(32) -> GELU] x 2    stride p/4
     x2  : [ConvT2x2s2 -> GN(32) -> GELU]        stride p/2

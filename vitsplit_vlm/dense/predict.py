@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision.models.detection.image_list import ImageList
 
@@ -30,7 +29,6 @@ from .checkpoint import (
 from .datasets import IMAGE_EXTENSIONS
 from .model import DenseModel
 from .transforms import Sample, normalize, pad_to_multiple, rescale_size, resize
-from .visualize import depth_colormap, detection_overlay, seg_overlay
 
 
 @dataclass
@@ -95,8 +93,8 @@ class SharedTrunkPredictor:
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> dict[str, object]:
-        """pixels (1, 3, H, W) normalised -> {adapter name: seg logits (1, K, H, W) | depth
-        (1, 1, H, W) | detections dict}, all at (H, W)."""
+        """pixels (1, 3, H, W) normalised -> {adapter name: its task's output at (H, W): seg
+        logits (1, K, H, W), depth (1, 1, H, W), a detections dict (`DenseTask.crop_output`)}."""
         H, W = pixels.shape[-2:]
         padded = pad_to_multiple(pixels, self.patch_size)
         grid = (padded.shape[-2] // self.patch_size, padded.shape[-1] // self.patch_size)
@@ -110,7 +108,7 @@ class SharedTrunkPredictor:
                 fused = model.features(padded)
             images = ImageList(padded, [(H, W)])
             out = model.decode(fused, tuple(padded.shape[-2:]), images)
-            outputs[adapter.name] = out[0] if model.spec.task == "det" else out[..., :H, :W]
+            outputs[adapter.name] = model.task.crop_output(out, (H, W))
         return outputs
 
 
@@ -147,22 +145,9 @@ def prepare(
 def render(
     adapter: Adapter, output, image: Image.Image, scale_xy: tuple[float, float]
 ) -> Image.Image:
-    """One adapter's output as an overlay on the original `image`."""
-    spec = adapter.model.spec
-    size = (image.height, image.width)
-    if spec.task == "seg":
-        logits = F.interpolate(output, size=size, mode="bilinear", align_corners=False)
-        return seg_overlay(image, logits.argmax(1)[0])
-    if spec.task == "depth":
-        depth = F.interpolate(output, size=size, mode="bilinear", align_corners=False)
-        return depth_colormap(depth[0, 0], spec.max_depth)
-    sx, sy = scale_xy
-    det = dict(output)
-    det["boxes"] = det["boxes"] / torch.tensor([sx, sy, sx, sy])
-    if "masks" in det and len(det["masks"]):
-        det["masks"] = F.interpolate(det["masks"], size=size, mode="bilinear", align_corners=False)
-    names = list(spec.class_names) if spec.class_names else None
-    return detection_overlay(image, det, names)
+    """One adapter's output as an overlay on the original `image` (`DenseTask.render`)."""
+    model = adapter.model
+    return model.task.render(model.spec, output, image, scale_xy)
 
 
 def predict_folder(
@@ -173,7 +158,7 @@ def predict_folder(
     scale: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Write ``OUT/<image stem>_<adapter>.png`` for every image and adapter (adapters are named
-    after their task: seg, depth, det)."""
+    after their task, e.g. seg, depth, det)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -1,79 +1,28 @@
-"""Recipes for `vitsplit-vlm dense`: per-task presets, the embedded defaults, data sets.
+"""Recipes for `vitsplit-vlm dense`: which preset applies, the model factory, data sets, eval.
 
-`PRESETS` holds the paper's recipe on real data (``"real"``) and a few-minute CPU run on the
-playground (``"playground"``) for each task; command-line flags override single values
-(`settings`); which preset applies is found from the data (`preset_kind`: a set written by
-``make-data dense`` is the playground). Without ``--backbone`` / ``--data`` the tiny DINOv2 and the
-playground sets are used, built on first use (`resolve_backbone`, `resolve_data`).
+Each task holds a ``real`` preset (the paper's recipe) and a ``playground`` one (a few-minute CPU
+run) in `vitsplit_vlm.dense.tasks`; ``auto`` picks from the data (`preset_kind`: a set written by
+``make-data dense`` is the playground). `dense_spec` is the one factory of the model ``dense
+train`` trains: the task's paper layers for the trunk, overridden by the ViT-Split flags given.
+Every path is an argument here; playground defaults are the command line's business.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-TASK_SETS = {"seg": "ade", "depth": "nyu", "det": "coco"}
-DEFAULT_BACKBONE = Path("playground/tiny/dinov2")
-DEFAULT_DATA = Path("playground/data/dense")
+from vitsplit_vlm.core.config import ViTSplitConfig
 
-# (task, "real" | "playground") -> defaults (DESIGN §3, official configs; playground: CPU-sized).
-# "rcnn": extra torchvision MaskRCNN arguments (scenes hold at most 4 objects).
-PRESETS: dict[tuple[str, str], dict] = {
-    ("seg", "real"): dict(
-        iters=40000, batch_size=16, lr=3e-4, weight_decay=1e-2, schedule="poly",
-        warmup_iters=1500, grad_clip=None, crop_size=(512, 512), scale=(2048, 512),
-        eval_mode="slide", eval_stride=(341, 341),
-    ),
-    # 38,400 iterations: the depth toolbox's (and DINOv2's) NYU schedule. The paper's text says
-    # "384K iterations", ten times it, which no public NYU config uses; --iters 384000 if wanted.
-    ("depth", "real"): dict(
-        iters=38400, batch_size=16, lr=3e-4, weight_decay=1e-2, schedule="onecycle",
-        warmup_iters=0, grad_clip=35.0, crop_size=(416, 544), scale=None,
-    ),
-    ("det", "real"): dict(
-        iters=88000, batch_size=16, lr=1e-4, weight_decay=0.05, schedule="step",
-        warmup_iters=500, grad_clip=None, scale=(1024, 1024), ratio_range=(0.8, 1.25),
-        roi_batch=512,
-    ),
-    ("seg", "playground"): dict(
-        iters=600, batch_size=8, lr=1e-3, weight_decay=1e-2, schedule="poly", warmup_iters=50,
-        grad_clip=None, crop_size=(112, 112), scale=(448, 112), eval_mode="whole",
-        eval_stride=(74, 74),
-    ),
-    ("depth", "playground"): dict(
-        iters=600, batch_size=8, lr=1e-3, weight_decay=1e-2, schedule="onecycle",
-        warmup_iters=0, grad_clip=35.0, crop_size=(112, 112), scale=None,
-    ),
-    ("det", "playground"): dict(
-        iters=300, batch_size=2, lr=3e-4, weight_decay=0.05, schedule="poly", warmup_iters=30,
-        grad_clip=None, scale=(112, 112), ratio_range=(0.8, 1.25), roi_batch=32,
-        rcnn=dict(box_detections_per_img=20, rpn_pre_nms_top_n_test=300,
-                  rpn_post_nms_top_n_test=100),
-    ),
-}  # fmt: skip
+from .datasets import DenseDataset
+from .engine import EvalConfig
+from .model import DenseSpec
+from .tasks import PRESET_KINDS, DenseTask, Preset, default_split_config
+from .tasks.base import SPLITS
 
-
-def resolve_backbone(path: Path | None) -> Path:
-    if path is not None:
-        return path
-    if not (DEFAULT_BACKBONE / "config.json").is_file():
-        from vitsplit_vlm.playground.tiny import make_tiny
-
-        print(f"building the tiny models under {DEFAULT_BACKBONE.parent}")
-        make_tiny(DEFAULT_BACKBONE.parent)
-    return DEFAULT_BACKBONE
-
-
-def resolve_data(task: str, path: Path | None) -> Path:
-    if path is not None:
-        return path
-    from vitsplit_vlm.playground.dense_sets import write_dense_sets
-
-    if not (DEFAULT_DATA / "manifest.json").is_file():
-        print(f"generating the playground dense sets under {DEFAULT_DATA}")
-        write_dense_sets(DEFAULT_DATA)
-    return DEFAULT_DATA / TASK_SETS[task]
+PRESET_CHOICES = ("auto", *PRESET_KINDS)
 
 
 def is_playground(data: Path) -> bool:
@@ -85,39 +34,10 @@ def is_playground(data: Path) -> bool:
     return manifest.get("generator") == "dense"
 
 
-# (task, DINOv2 size) -> (k, n, s) of the paper / official configs (DESIGN §3-4): task-head
-# blocks, prior layers, first prior block. Detection follows the official code (n = 5/5/8; the
-# paper's Tab. 10 prints 4/6/8).
-PAPER_LAYERS: dict[tuple[str, str], tuple[int, int, int]] = {
-    ("seg", "S"): (3, 4, 2), ("seg", "B"): (3, 4, 2), ("seg", "L"): (4, 8, 2),
-    ("depth", "S"): (3, 4, 2), ("depth", "B"): (4, 4, 2), ("depth", "L"): (3, 4, 6),
-    ("det", "S"): (11, 5, 2), ("det", "B"): (11, 5, 2), ("det", "L"): (23, 8, 2),
-}  # fmt: skip
-DINOV2_SIZES = {(12, 384): "S", (12, 768): "B", (24, 1024): "L", (40, 1536): "g"}
-FALLBACK_LAYERS = (3, 4, 2)
-
-
-def layer_defaults(
-    task: str, num_blocks: int, hidden_size: int
-) -> tuple[tuple[int, int, int], str]:
-    """(k, n, s) for a trunk of this depth / width, and where they come from (for the log).
-
-    DINOv2-S/B/L shapes get the paper's setting for the task; any other trunk (the tiny
-    playground one, DINOv2-g, which the paper does not train) gets k=3, n=4, s=2, clipped so the
-    task head leaves at least one frozen block.
-    """
-    size = DINOV2_SIZES.get((num_blocks, hidden_size))
-    if (task, size) in PAPER_LAYERS:
-        return PAPER_LAYERS[task, size], f"paper setting for {task} on DINOv2-{size}"
-    k, n, s = FALLBACK_LAYERS
-    k = max(1, min(k, num_blocks - 1))
-    n = max(1, min(n, num_blocks - 1))
-    s = max(0, min(s, num_blocks - n))  # n distinct prior blocks fit after s
-    return (k, n, s), f"default for a {num_blocks}-block, width-{hidden_size} trunk"
-
-
 def preset_kind(choice: str, data: Path) -> str:
     """``"real"`` or ``"playground"``; ``"auto"`` looks at the data set."""
+    if choice not in PRESET_CHOICES:
+        raise ValueError(f"--preset: must be one of {PRESET_CHOICES}, got {choice!r}")
     if choice != "auto":
         return choice
     return "playground" if is_playground(data) else "real"
@@ -134,80 +54,76 @@ def normalization(backbone: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
         return IMAGENET_MEAN, IMAGENET_STD
 
 
-def settings(args: argparse.Namespace, kind: str) -> dict:
-    """Preset for (task, `kind` = "real" | "playground") overridden by every flag given."""
-    values = dict(PRESETS[(args.task, kind)])
-    for key in list(values):
-        given = getattr(args, key, None)
-        if given is not None:
-            values[key] = given
-    if values.get("grad_clip") == 0:
-        values["grad_clip"] = None
-    return values
+def split_config(
+    task: DenseTask,
+    method: str,
+    num_blocks: int,
+    hidden_size: int,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[ViTSplitConfig | None, str]:
+    """The ViT-Split settings of `method` on this trunk and where they come from: the task's
+    paper layers (`default_split_config`) with `overrides` (`core.flags.overrides`) applied;
+    ``linear`` keeps no component, ``full`` has none."""
+    if method == "full":
+        return None, "method full fine-tunes the whole trunk"
+    base, origin = default_split_config(task.name, num_blocks, hidden_size)
+    changes = dict(overrides or {})
+    if method == "linear":
+        changes["components"] = ()
+    return base.with_(**changes), origin
+
+
+def dense_spec(
+    task: DenseTask,
+    method: str,
+    trunk_config,
+    preset: Preset,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    num_classes: int | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> tuple[DenseSpec, str]:
+    """The `DenseSpec` ``dense train`` builds (`DenseModel(trunk, spec)` is the model), and
+    where its layers come from. `trunk_config`: the trunk's Hugging Face config."""
+    split, origin = split_config(
+        task, method, trunk_config.num_hidden_layers, trunk_config.hidden_size, overrides
+    )
+    spec = DenseSpec(
+        task=task.name, method=method, split=split, num_classes=num_classes,
+        class_names=class_names, **task.spec_fields(preset),
+    )  # fmt: skip
+    return spec, origin
 
 
 def build_dataset(
-    task: str,
+    task: DenseTask,
     root: Path,
     split: str,
-    opts: dict,
+    preset: Preset,
     mean,
     std,
     *,
     train: bool,
     seed: int = 0,
-    num_classes=None,
-):
-    from . import datasets as D
-    from . import transforms as T
-
-    common = dict(mean=mean, std=std, train=train, seed=seed)
-    if task == "seg":
-        pipeline = (
-            T.seg_train_pipeline(opts["scale"], opts["crop_size"])
-            if train
-            else T.eval_pipeline(opts["scale"])
-        )
-        return D.ADE20K(
-            root,
-            "train" if train else "val",
-            num_classes=num_classes,
-            transforms=pipeline,
-            **common,
-        )
-    if task == "depth":
-        pipeline = T.depth_train_pipeline(opts["crop_size"]) if train else []
-        return D.NYUDepthV2(
-            root, "train" if train else "test", depth_scale=opts.get("depth_scale", 1000.0),
-            max_depth=opts.get("max_depth", 10.0), transforms=pipeline, **common,
-        )  # fmt: skip
-    pipeline = (
-        T.det_train_pipeline(opts["scale"], opts["ratio_range"])
-        if train
-        else T.eval_pipeline(opts["scale"])
+) -> DenseDataset:
+    """`split` ("train" / "val") of the data at `root`, with the task's train or eval transforms."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    transforms = task.train_transforms(preset) if train else task.eval_transforms(preset)
+    return task.dataset(
+        root, split, preset, transforms=transforms, mean=mean, std=std, train=train, seed=seed
     )
-    from .coco import COCODetection
-
-    return COCODetection(root, "train" if train else "val", transforms=pipeline, **common)
 
 
-def eval_config(task: str, opts: dict, sample_size: tuple[int, int] | None):
-    from .engine import EvalConfig
-    from .metrics import NYU_EIGEN_CROP
-
-    depth_crop = None
-    if task == "depth":
-        mode = opts.get("eval_crop", "auto")
-        if mode == "eigen" or (mode == "auto" and sample_size == (480, 640)):
-            depth_crop = NYU_EIGEN_CROP
-    return EvalConfig(
-        seg_mode=opts.get("eval_mode") or "whole",
-        crop=tuple(opts["crop_size"]) if opts.get("crop_size") else None,
-        stride=tuple(opts["eval_stride"]) if opts.get("eval_stride") else None,
-        depth_crop=depth_crop,
-        max_depth=opts.get("max_depth", 10.0),
-        max_images=opts.get("max_eval_images"),
-    )
+def eval_config(
+    task: DenseTask,
+    preset: Preset,
+    sample_size: tuple[int, int] | None,
+    *,
+    max_images: int | None = None,
+) -> EvalConfig:
+    """The task's evaluation settings from its preset; `sample_size`: first image's (H, W)."""
+    return EvalConfig(task.eval_settings(preset, sample_size), max_images=max_images)
 
 
 def first_size(dataset) -> tuple[int, int] | None:

@@ -13,13 +13,14 @@ import argparse
 from pathlib import Path
 
 from ..commands import Command, add_subcommands, run_subcommand
+from . import paths
 
 
 def _add_shapes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("playground/data/shapes"),
+        default=paths.SHAPES,
         help="output folder (default: %(default)s)",
     )
     parser.add_argument("--num-train", type=int, default=2000, help="training images")
@@ -54,7 +55,7 @@ def _add_evalsets(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("playground/data/eval"),
+        default=paths.EVAL,
         help="output folder, LLaVA's playground/data/eval layout (default: %(default)s)",
     )
     parser.add_argument("--vqav2-scenes", type=int, default=100, help="VQAv2-style scenes")
@@ -97,7 +98,7 @@ def _add_dense(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("playground/data/dense"),
+        default=paths.DENSE_DATA,
         help="output folder; ade/, nyu/ and coco/ go inside (default: %(default)s)",
     )
     parser.add_argument("--num-train", type=int, default=2000, help="training images per set")

@@ -16,6 +16,8 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from . import paths
+
 CONTROLS = ("none", "blank", "swap")
 
 
@@ -78,11 +80,11 @@ def evaluate(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", type=Path, default=Path("checkpoints/vitsplit-tiny"))
+    parser.add_argument("--model-path", type=Path, default=paths.TINY_FINETUNE)
     parser.add_argument(
         "--data",
         type=Path,
-        default=Path("playground/data/shapes"),
+        default=paths.SHAPES,
         help="folder with heldout.jsonl and images/",
     )
     parser.add_argument(

@@ -1,17 +1,24 @@
-"""Where the playground's generated models, data and tiny checkpoints go, relative to the working
-directory (the repository root, as for LLaVA's ``./playground``). One place for every default
-path of the development commands; library modules never read these."""
+"""Default locations of the playground's generated models and data and of the tiny default's
+checkpoints, relative to the working folder (the repository root, as LLaVA's ``./playground``).
+
+The one place these paths are written down. Only command-line layers and scripts read them (and
+say so when they use them); library modules take every path as an argument.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 PLAYGROUND = Path("playground")
-TINY = PLAYGROUND / "tiny"  # `vitsplit-vlm make-tiny`
+
+# `vitsplit-vlm make-tiny`: tiny random Hugging Face models, one subfolder each
+TINY = PLAYGROUND / "tiny"
+TINY_DINOV2 = TINY / "dinov2"
+
 DATA = PLAYGROUND / "data"
 SHAPES = DATA / "shapes"  # `make-data shapes`: the tiny VLM's training and held-out data
 EVAL = DATA / "eval"  # `make-data evalsets`: LLaVA's playground/data/eval layout
-DENSE = DATA / "dense"  # `make-data dense`: ade/, nyu/, coco/
+DENSE_DATA = DATA / "dense"  # `make-data dense`: ADE20K / NYU-v2 / COCO layouts
 
 CHECKPOINTS = Path("checkpoints")
 TINY_PRETRAIN = CHECKPOINTS / "vitsplit-tiny-pretrain"  # stage 1 of the tiny default

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import paths
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -370,7 +372,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("playground/tiny"),
+        default=paths.TINY,
         help="output folder (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="weight seed (tokenizer is fixed)")
