@@ -637,10 +637,10 @@ def test_resume_flag_spellings(value, expected, tmp_path):
     )
     assert resume_arg(args) == expected
     if expected:
-        _check_args(ModelArguments(), args)
+        _check_args(ModelArguments(model_name_or_path="llm", vision_tower="tower"), args)
     else:  # `--resume_from_checkpoint false` must not slip past the guard
         with pytest.raises(SystemExit, match="--output_dir"):
-            _check_args(ModelArguments(), args)
+            _check_args(ModelArguments(model_name_or_path="llm", vision_tower="tower"), args)
 
 
 def test_trainer_groups_by_modality_and_sets_connector_lr(fresh, data, tmp_path):
@@ -661,7 +661,7 @@ def test_trainer_groups_by_modality_and_sets_connector_lr(fresh, data, tmp_path)
         per_device_train_batch_size=2,
         report_to="none",
     )
-    counts = set_trainable(model, ModelArguments(), args)  # stage 2: connector + LLM
+    counts = set_trainable(model, ModelArguments(model_name_or_path="llm", vision_tower="tower"), args)  # stage 2: connector + LLM
     assert counts["vision_tower"] == 0 and counts["connector"] > 0 and counts["llm"] > 0
     dataset = LazySupervisedDataset(
         data.finetune,

@@ -77,7 +77,8 @@ def choose_attention(name: str) -> str:
 
 
 def prepare_distributed(argv: list[str]) -> list[str]:
-    """CPU runs: one process gets a local rendezvous; several get gloo (accelerate needs the gloo state made before TrainingArguments)."""
+    """CPU runs: one process gets a local rendezvous; several get gloo (accelerate needs that
+    process group made before `TrainingArguments`, or every rank thinks it is alone)."""
     if _cuda():
         return argv
     uses_deepspeed = _flag_value(argv, "--deepspeed") is not None
