@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from vitsplit_vlm.cli import main
 from vitsplit_vlm.params import PAPER_ROWS, count, paper_report
 
@@ -46,11 +44,9 @@ def test_vlm_connector_counts():
 def test_prior_task_without_fusion_is_the_sum_of_parts():
     parts = {
         c: count(backbone="dinov2-b", task="seg", components=c)["trainable"]
-        for c in [("head",), ("prior", "head"), ("task", "head"), ("prior", "task", "head")]
+        for c in [(), ("prior",), ("task",), ("prior", "task")]
     }
-    assert parts[("prior", "task", "head")] == (
-        parts[("prior", "head")] + parts[("task", "head")] - parts[("head",)]
-    )
+    assert parts[("prior", "task")] == parts[("prior",)] + parts[("task",)] - parts[()]
 
 
 def test_cli_json(capsys):
@@ -74,13 +70,13 @@ def test_cli_json(capsys):
         == 0
     )
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"trainable", "components"}
+    assert set(out) == {"trainable", "components", "layers"}
     assert set(out["components"]) == {"task_head", "prior_head", "fusion", "head"}
     assert round(out["trainable"] / 1e6, 1) == 9.3
 
 
 def test_cli_components_and_connectors(capsys):
-    main(["params", "--backbone", "dinov2-b", "--components", "prior,task,head", "--json"])
+    main(["params", "--backbone", "dinov2-b", "--components", "prior,task", "--json"])
     assert round(json.loads(capsys.readouterr().out)["trainable"] / 1e6, 1) == 33.9
     main(
         [
@@ -107,6 +103,30 @@ def test_cli_config_path(tmp_path, capsys):
     assert round(json.loads(capsys.readouterr().out)["trainable"] / 1e6, 1) == 10.2
 
 
-def test_cli_bad_backbone_is_clear(tmp_path):
-    with pytest.raises(ValueError, match="--backbone"):
-        main(["params", "--backbone", str(tmp_path / "missing"), "--json"])
+def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
+    assert main(["params", "--backbone", str(tmp_path / "missing"), "--json"]) == 2
+    assert "--backbone" in capsys.readouterr().err
+    argv = ["params", "--backbone", "clip-l-336", "--task", "vlm", "--connector", "mlp2x_gelu"]
+    assert main([*argv, "--k", "2"]) == 2
+    assert "--k: --connector mlp2x_gelu has no ViT-Split settings" in capsys.readouterr().err
+    assert main(["params", "--backbone", "dinov2-s", "--k", "12"]) == 2
+    assert (
+        "ViTSplitConfig.k: must be smaller than the number of blocks (12)"
+        in capsys.readouterr().err
+    )
+
+
+def test_readme_vlm_command_prints_the_llava_layout(capsys):
+    """The defaults are training's: `--task vlm` is the official LLaVA-1.5 connector (k=1, n=1)."""
+    argv = ["--backbone", "clip-l-336", "--task", "vlm", "--connector", "vitsplit"]
+    assert main(["params", *argv, "--llm-hidden", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "k=1 n=1" in out and "(182.476M)" in out.splitlines()[-1]
+
+
+def test_dense_defaults_are_dense_train_s(capsys):
+    """`params` builds what `dense train` builds: the task's paper layers for the trunk."""
+    main(["params", "--backbone", "dinov2-l", "--task", "det", "--json"])
+    assert "k=23 n=8 s=2" in json.loads(capsys.readouterr().out)["layers"]
+    main(["params", "--backbone", "dinov2-l", "--task", "depth", "--json"])
+    assert round(json.loads(capsys.readouterr().out)["trainable"] / 1e6, 1) == 65.5

@@ -661,7 +661,9 @@ def test_trainer_groups_by_modality_and_sets_connector_lr(fresh, data, tmp_path)
         per_device_train_batch_size=2,
         report_to="none",
     )
-    counts = set_trainable(model, ModelArguments(model_name_or_path="llm", vision_tower="tower"), args)  # stage 2: connector + LLM
+    counts = set_trainable(
+        model, ModelArguments(model_name_or_path="llm", vision_tower="tower"), args
+    )  # stage 2: connector + LLM
     assert counts["vision_tower"] == 0 and counts["connector"] > 0 and counts["llm"] > 0
     dataset = LazySupervisedDataset(
         data.finetune,

@@ -1,8 +1,13 @@
 """`vitsplit-vlm params`: trainable parameters per component, built on the meta device.
 
-Reproduces the paper's trainable-parameter counts (Tabs. 1, 4-6) and the LLaVA-1.5 connector sizes:
+The models are built by the factories training uses, with the defaults training uses: a dense
+task is `DenseModel(trunk, spec)` with the `DenseSpec` of ``dense train`` (the task's paper layers
+for DINOv2-S/B/L), the VLM connector is `build_connector` over a `ViTSplitLlavaConfig` holding the
+connector's preset (the official LLaVA-1.5 layout for ``vitsplit``). ViT-Split flags
+(``--k --n --s --components ...``, from `vitsplit_vlm.core.flags`) override single fields.
+Reproduces the paper's counts (Tabs. 1, 4-6) and the LLaVA-1.5 connector sizes:
 
-    vitsplit-vlm params --backbone dinov2-s --task seg --k 3 --n 4 --s 2 --classes 150 --json
+    vitsplit-vlm params --backbone dinov2-s --task seg --json
     vitsplit-vlm params --backbone clip-l-336 --task vlm --connector vitsplit --llm-hidden 4096
     vitsplit-vlm params --paper          # every row of the paper's tables, with the deltas
 """
@@ -11,158 +16,167 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .core import flags
 
 COMPONENT_KEYS = ("task_head", "prior_head", "fusion", "head")
-CONNECTORS = ("vitsplit", "vitsplit_dense", "mlp2x_gelu", "linear")
-TASKS = ("seg", "depth", "vlm", "none")
+VLM, NO_HEAD = "vlm", "none"
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the paper's tables: arguments and the reported trainable count (millions)."""
+    """One row of the paper's tables: what to build and the reported count (millions)."""
 
     label: str
     backbone: str
     task: str
     paper_m: float
-    k: int = 3
-    n: int = 4
-    s: int | None = 2
-    classes: int = 150
-    components: tuple[str, ...] = ("prior", "task", "fusion", "head")
+    split: Mapping[str, Any] = field(default_factory=dict)  # ViTSplitConfig overrides
     connector: str = "vitsplit"
-    llm_hidden: int = 4096
     component: str | None = None  # compare one component instead of the total
     tolerance_m: float = 0.05
     note: str = ""
 
 
-_ABL = ("head",), ("prior", "head"), ("task", "head"), ("prior", "task", "head")
+_ABL = (), ("prior",), ("task",), ("prior", "task")  # Tab. 6: the head is always there
 _S_NOTE = "paper rounds 3.2 + 6.6 - 1.2; its exact rows give 3.220 + 6.566 - 1.240 = 8.546"
 PAPER_ROWS: tuple[Row, ...] = (
     Row("ViT-Split-S ADE20K seg", "dinov2-s", "seg", 10.2),
     Row("ViT-Split-B ADE20K seg", "dinov2-b", "seg", 40.5),
-    Row("ViT-Split-L ADE20K seg", "dinov2-l", "seg", 88.6, k=4, n=8),
+    Row("ViT-Split-L ADE20K seg", "dinov2-l", "seg", 88.6),
     Row("ViT-Split-S NYU depth", "dinov2-s", "depth", 9.3),
-    Row("ViT-Split-L NYU depth", "dinov2-l", "depth", 65.5, s=6),
-    Row("Tab.6 S head", "dinov2-s", "seg", 1.2, components=_ABL[0]),
-    Row("Tab.6 S prior+head", "dinov2-s", "seg", 3.2, components=_ABL[1]),
-    Row("Tab.6 S task+head", "dinov2-s", "seg", 6.6, components=_ABL[2]),
+    Row("ViT-Split-L NYU depth", "dinov2-l", "depth", 65.5),
+    Row("Tab.6 S head", "dinov2-s", "seg", 1.2, {"components": _ABL[0]}),
+    Row("Tab.6 S prior+head", "dinov2-s", "seg", 3.2, {"components": _ABL[1]}),
+    Row("Tab.6 S task+head", "dinov2-s", "seg", 6.6, {"components": _ABL[2]}),
     Row(
         "Tab.6 S prior+task+head",
         "dinov2-s",
         "seg",
         8.6,
-        components=_ABL[3],
+        {"components": _ABL[3]},
         tolerance_m=0.06,
         note=_S_NOTE,
     ),
-    Row("Tab.6 B head", "dinov2-b", "seg", 4.84, components=_ABL[0]),
-    Row("Tab.6 B prior+head", "dinov2-b", "seg", 12.6, components=_ABL[1]),
-    Row("Tab.6 B task+head", "dinov2-b", "seg", 26.1, components=_ABL[2]),
-    Row("Tab.6 B prior+task+head", "dinov2-b", "seg", 33.9, components=_ABL[3]),
-    Row("LLaVA-1.5 vitsplit connector", "clip-l-336", "vlm", 182.5, k=1, n=1, s=None),
-    Row("  task block", "clip-l-336", "vlm", 12.6, k=1, n=1, s=None, component="task_head"),
-    Row("  prior head", "clip-l-336", "vlm", 10.5, k=1, n=1, s=None, component="prior_head"),
-    Row("  fusion", "clip-l-336", "vlm", 159.4, k=1, n=1, s=None, component="fusion"),
-    Row("LLaVA-1.5 mlp2x_gelu", "clip-l-336", "vlm", 21.0, connector="mlp2x_gelu"),
+    Row("Tab.6 B head", "dinov2-b", "seg", 4.84, {"components": _ABL[0]}),
+    Row("Tab.6 B prior+head", "dinov2-b", "seg", 12.6, {"components": _ABL[1]}),
+    Row("Tab.6 B task+head", "dinov2-b", "seg", 26.1, {"components": _ABL[2]}),
+    Row("Tab.6 B prior+task+head", "dinov2-b", "seg", 33.9, {"components": _ABL[3]}),
+    Row("LLaVA-1.5 vitsplit connector", "clip-l-336", VLM, 182.5),
+    Row("  task block", "clip-l-336", VLM, 12.6, component="task_head"),
+    Row("  prior head", "clip-l-336", VLM, 10.5, component="prior_head"),
+    Row("  fusion", "clip-l-336", VLM, 159.4, component="fusion"),
+    Row("LLaVA-1.5 mlp2x_gelu", "clip-l-336", VLM, 21.0, connector="mlp2x_gelu"),
 )
+
+
+def tasks() -> tuple[str, ...]:
+    from .dense.tasks import TASKS
+
+    return (*TASKS, VLM, NO_HEAD)
 
 
 def count(
     *,
     backbone: str,
     task: str,
-    k: int = 3,
-    n: int = 4,
-    s: int | None = 2,
-    classes: int = 150,
-    components: tuple[str, ...] = ("prior", "task", "fusion", "head"),
     connector: str = "vitsplit",
+    classes: int = 150,
     llm_hidden: int = 4096,
-    selection: str = "uniform",
+    **split: Any,
 ) -> dict:
-    """`{"trainable": int, "components": {task_head, prior_head, fusion, head}}` (no weights allocated)."""
+    """`{"trainable", "components": {task_head, prior_head, fusion, head}, "layers"}`, built on
+    the meta device (no weights allocated). `split`: `ViTSplitConfig` fields to override."""
+    from .core.presets import backbone_config
+
+    if task not in tasks():
+        raise ValueError(f"--task must be one of {tasks()}, got {task!r}")
+    vision = backbone_config(backbone)
+    if task == VLM:
+        groups, layers = _vlm_groups(vision, connector, llm_hidden, split)
+    else:
+        groups, layers = _dense_groups(vision, task, classes, split)
+    counts = {key: groups.get(key, 0) for key in COMPONENT_KEYS}
+    return {"trainable": sum(counts.values()), "components": counts, "layers": layers}
+
+
+def _numel(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad) if module else 0
+
+
+def _describe(cfg) -> str:
+    return f"k={cfg.k} n={cfg.n} s={cfg.s} components={','.join(cfg.components) or '-'}"
+
+
+def _dense_groups(vision, task: str, classes: int, split: Mapping) -> tuple[dict, str]:
+    """A dense task's `DenseModel` as ``dense train`` builds it, or (``none``) the heads alone."""
     import torch
 
-    from .core import ViTSplitConfig, ViTSplitHeads
-    from .core.presets import backbone_config, build_on_meta
-    from .core.trunk import trunk_blocks, trunk_final_norm, trunk_spec
-
-    if task not in TASKS:
-        raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
-    if connector not in CONNECTORS:
-        raise ValueError(f"--connector must be one of {CONNECTORS}, got {connector!r}")
-    trunk = build_on_meta(backbone_config(backbone))
-    spec = trunk_spec(trunk)
-    C = spec.hidden_size
-    counts = dict.fromkeys(COMPONENT_KEYS, 0)
-
-    def numel(module) -> int:
-        return sum(p.numel() for p in module.parameters() if p.requires_grad) if module else 0
+    from .core import ViTSplit
+    from .dense.model import DenseModel, count_parameters
+    from .dense.recipes import dense_spec, split_config
+    from .dense.tasks import get_task
 
     with torch.device("meta"):
-        if task == "vlm" and connector in ("mlp2x_gelu", "linear"):
-            from .vlm.projectors import mlp_projector
-
-            counts["head"] = numel(
-                mlp_projector(C, llm_hidden, 2 if connector == "mlp2x_gelu" else 1)
+        trunk = _trunk(vision)
+        if task == NO_HEAD:
+            cfg, origin = split_config(
+                get_task("seg"), "vitsplit", vision.num_hidden_layers, vision.hidden_size, split
             )
-            return {"trainable": sum(counts.values()), "components": counts}
-        split = tuple(c for c in components if c != "head")
-        if task == "vlm" and connector == "vitsplit":
-            cfg = ViTSplitConfig.llava(
-                llm_hidden, k=k, n=n, s=s, components=split, selection=selection
-            )
-        else:
-            cfg = ViTSplitConfig(k=k, n=n, s=s, components=split, selection=selection)
-        heads = ViTSplitHeads(
-            cfg, spec, blocks=trunk_blocks(trunk), final_norm=trunk_final_norm(trunk)
+            groups = {g: sum(p.numel() for p in ps) for g, ps in ViTSplit(trunk, cfg).trainable_groups().items()}  # fmt: skip
+            return groups, f"{_describe(cfg)} ({origin})"
+        dense = get_task(task)
+        spec, origin = dense_spec(
+            dense, "vitsplit", vision, dense.presets["real"], overrides=split, num_classes=classes
         )
-        counts["task_head"] = numel(heads.task_head)
-        counts["prior_head"] = numel(heads.prior_head)
-        counts["fusion"] = numel(heads.fusion)
-        if heads.prior_head is not None and heads.prior_head.gate is not None:
-            counts["prior_head"] = numel(heads.prior_head)  # gate scores are part of the prior head
-        if "head" in components:
-            counts["head"] = numel(
-                _downstream_head(task, connector, heads.out_channels, classes, llm_hidden)
-            )
-    return {"trainable": sum(counts.values()), "components": counts}
+        counts = count_parameters(DenseModel(trunk, spec))
+    counts.pop("total")
+    return counts, f"{_describe(spec.split)} ({origin})"
 
 
-def _downstream_head(task: str, connector: str, channels: int, classes: int, llm_hidden: int):
-    if task == "seg":
-        from .dense.heads import SegHead
+def _vlm_groups(vision, connector: str, llm_hidden: int, split: Mapping) -> tuple[dict, str]:
+    """The LLaVA connector `build_connector` makes for a `ViTSplitLlavaConfig`."""
+    import torch
+    from transformers import LlamaConfig
 
-        return SegHead(channels, classes)
-    if task == "depth":
-        from .dense.heads import DepthHead
+    from .vlm.configuration import ViTSplitLlavaConfig, connector_preset
+    from .vlm.connector import build_connector
 
-        return DepthHead(channels)
-    if task == "vlm" and connector == "vitsplit_dense":
-        from .vlm.projectors import mlp_projector
+    preset = connector_preset(connector)
+    if preset is None and split:
+        given = ", ".join("--" + name.replace("_", "-") for name in split)
+        raise ValueError(f"{given}: --connector {connector} has no ViT-Split settings")
+    config = ViTSplitLlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=LlamaConfig(hidden_size=llm_hidden, num_hidden_layers=1).to_dict(),
+        mm_projector_type=connector,
+        vitsplit_config=preset.with_(**split) if preset is not None else None,
+    )
+    with torch.device("meta"):
+        module = build_connector(config, _trunk(vision))
+    heads = getattr(module, "heads", None)
+    groups = {"head": _numel(module.proj)}
+    if heads is None:
+        return groups, f"{connector} on the feature layer {config.vision_feature_layer}"
+    groups.update({name: _numel(getattr(heads, name)) for name in COMPONENT_KEYS[:3]})
+    return groups, f"{_describe(config.vitsplit)} (preset of --connector {connector})"
 
-        return mlp_projector(channels, llm_hidden, 2)
-    return None
+
+def _trunk(vision):
+    from transformers import AutoModel
+
+    return AutoModel.from_config(vision)
 
 
 def paper_report() -> list[dict]:
     """Every row of `PAPER_ROWS` with our count and the paper's."""
     rows = []
     for row in PAPER_ROWS:
-        result = count(
-            backbone=row.backbone,
-            task=row.task,
-            k=row.k,
-            n=row.n,
-            s=row.s,
-            classes=row.classes,
-            components=row.components,
-            connector=row.connector,
-            llm_hidden=row.llm_hidden,
-        )
+        result = count(backbone=row.backbone, task=row.task, connector=row.connector, **row.split)
         ours = result["components"][row.component] if row.component else result["trainable"]
         rows.append(
             {
@@ -179,28 +193,29 @@ def paper_report() -> list[dict]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .vlm.configuration import PROJECTOR_TYPES
+
     parser.add_argument(
         "--backbone",
         default="dinov2-s",
         help="preset (dinov2-s/b/l/g, clip-l-336) or a HF config folder",
     )
-    parser.add_argument("--task", default="seg", choices=TASKS)
-    parser.add_argument("--k", type=int, default=3, help="blocks copied into the task head")
-    parser.add_argument("--n", type=int, default=4, help="frozen layers read by the prior head")
-    parser.add_argument("--s", type=int, default=None, help="first prior block (uniform selection)")
-    parser.add_argument("--selection", default="uniform", choices=("uniform", "sparse_gate"))
-    parser.add_argument("--classes", type=int, default=150)
     parser.add_argument(
-        "--components",
-        default="prior,task,fusion,head",
-        help="subset of prior,task,fusion,head (paper Tab. 6 ablations)",
+        "--task",
+        default="seg",
+        choices=tasks(),
+        help="a dense task (with its head), the LLaVA connector, or none (the ViT-Split parts)",
     )
-    parser.add_argument("--connector", default="vitsplit", choices=CONNECTORS)
-    parser.add_argument("--llm-hidden", type=int, default=4096)
+    parser.add_argument("--classes", type=int, default=150, help="seg / det classes")
+    parser.add_argument("--connector", default="vitsplit", choices=PROJECTOR_TYPES)
+    parser.add_argument("--llm-hidden", type=int, default=4096, help="the LLM width (--task vlm)")
     parser.add_argument(
         "--paper", action="store_true", help="check every row of the paper's tables"
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    flags.add_arguments(
+        parser, preset_note="default: the task's, as training builds it (paper layers for dense)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,26 +232,23 @@ def run(args: argparse.Namespace) -> int:
                     f"{r['delta_m']:>+7.3f}  {'yes' if r['ok'] else 'NO'}{note}"
                 )
         return 0 if all(r["ok"] for r in rows) else 1
-    s = args.s
-    if s is None and args.task != "vlm":
-        s = 2
-    components = tuple(c.strip() for c in args.components.split(",") if c.strip())
-    result = count(
-        backbone=args.backbone,
-        task=args.task,
-        k=args.k,
-        n=args.n,
-        s=s,
-        classes=args.classes,
-        components=components,
-        connector=args.connector,
-        llm_hidden=args.llm_hidden,
-        selection=args.selection,
-    )
+    try:
+        result = count(
+            backbone=args.backbone,
+            task=args.task,
+            connector=args.connector,
+            classes=args.classes,
+            llm_hidden=args.llm_hidden,
+            **flags.overrides(args),
+        )
+    except ValueError as err:  # a bad flag or config: one line, no traceback
+        print(f"vitsplit-vlm params: error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result))
-    else:
-        for name, value in result["components"].items():
-            print(f"{name:<11} {value:>14,d}  ({value / 1e6:.2f}M)")
-        print(f"{'trainable':<11} {result['trainable']:>14,d}  ({result['trainable'] / 1e6:.2f}M)")
+        return 0
+    print(f"layers: {result['layers']}")
+    for name, value in result["components"].items():
+        print(f"{name:<11} {value:>14,d}  ({value / 1e6:.3f}M)")
+    print(f"{'trainable':<11} {result['trainable']:>14,d}  ({result['trainable'] / 1e6:.3f}M)")
     return 0
