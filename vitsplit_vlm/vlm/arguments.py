@@ -28,10 +28,10 @@ class ModelArguments:
     vision_tower: str = field(metadata={"help": "vision tower folder or hub name"})
     version: str = field(
         default="vicuna_v1",
-        metadata={"help": "conversation template (plain for stage 1)", "choices": tuple(TEMPLATES)},
+        metadata={"help": "conversation template: " + " | ".join(TEMPLATES) + " (plain: stage 1)"},
     )
     mm_projector_type: str = field(
-        default="vitsplit", metadata={"help": "the connector", "choices": PROJECTOR_TYPES}
+        default="vitsplit", metadata={"help": "the connector: " + " | ".join(PROJECTOR_TYPES)}
     )
     mm_vision_select_layer: int = field(
         default=-2, metadata={"help": "feature layer (HF index; ViT-Split's feature_layer)"}
@@ -89,9 +89,7 @@ class DataArguments:
     image_folder: str = field(metadata={"help": "folder the data's image paths are relative to"})
     lazy_preprocess: bool = field(default=True, metadata={"help": "always lazy; accepted"})
     is_multimodal: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts"})
-    image_aspect_ratio: str = field(
-        default="pad", metadata={"help": "pad to square or stretch", "choices": ASPECT_RATIOS}
-    )
+    image_aspect_ratio: str = field(default="pad", metadata={"help": " | ".join(ASPECT_RATIOS)})
     fail_fast: bool = field(
         default=False, metadata={"help": "stop at the first bad sample instead of skipping it"}
     )

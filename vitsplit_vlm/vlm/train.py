@@ -139,6 +139,15 @@ def resume_arg(training_args) -> str | bool | None:
 
 
 def _check_args(model_args, training_args) -> None:
+    """One line naming the flag (not argparse's page of usage), before any weights load."""
+    from .configuration import PROJECTOR_TYPES, check_choice
+    from .conversation import TEMPLATES
+
+    try:
+        check_choice("--version", model_args.version, tuple(TEMPLATES))
+        check_choice("--mm_projector_type", model_args.mm_projector_type, PROJECTOR_TYPES)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     for flag, value, ok in [
         ("--mm_use_im_start_end", model_args.mm_use_im_start_end, False),
         ("--mm_use_im_patch_token", model_args.mm_use_im_patch_token, False),
