@@ -131,3 +131,15 @@ def test_connector_built_from_the_nested_config_matches_its_settings(tiny):
     for copy, block in zip(heads.task_head.blocks, [tower[1], tower[2]], strict=True):
         for a, b in zip(copy.parameters(), block.parameters(), strict=True):
             assert torch.equal(a, b)
+
+
+def test_llava_flag_spellings_map_onto_transformers_5(tiny, tmp_path, recwarn):
+    argv = [
+        "--model_name_or_path", str(tiny.llama), "--vision_tower", str(tiny.clip),
+        "--data_path", "d.json", "--image_folder", "images", "--output_dir", str(tmp_path),
+        "--gradient_checkpointing", "True", "--warmup_ratio=0.03", "--report_to", "none",
+    ]  # fmt: skip
+    training_args = parse_args(argv)[2]
+    assert training_args.gradient_checkpointing and training_args.activation_checkpointing
+    assert training_args.warmup_steps == 0.03
+    assert not [w for w in recwarn if "is deprecated" in str(w.message)]

@@ -135,13 +135,23 @@ def _train_stage(stage: str, retrain: bool, report: Report) -> None:
 
 
 def _train_env() -> dict[str, str]:
-    """One CPU process, as `scripts/_common.sh` runs it."""
+    """One CPU process, as `scripts/_common.sh` runs it (this process's quiet settings too)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
+
+
+def _quiet_tiny_runs() -> None:
+    """Tiny models load and save in milliseconds: no "Loading weights" / "Writing model shards"
+    bar for each (the training bar stays); on a CPU-only machine, tell DeepSpeed so (it warns
+    otherwise). Set before transformers is imported here, and inherited by the trainer."""
+    import torch
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def _heldout(limit: int | None, report: Report) -> None:
@@ -175,6 +185,7 @@ def _heldout(limit: int | None, report: Report) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _quiet_tiny_runs()
     report = Report()
     _step("1. ViT-Split core on tiny Hugging Face models (random weights, from_pretrained)")
     _core_demo(report)

@@ -19,7 +19,12 @@ from .configuration import ASPECT_RATIOS, PROJECTOR_TYPES, connector_preset
 from .conversation import TEMPLATES
 
 # LLaVA-1.5's scripts use names transformers 5 renamed; accept the old spelling.
-FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "--warmup_steps"}
+FLAG_ALIASES = {
+    "--evaluation_strategy": "--eval_strategy",
+    "--warmup_ratio": "--warmup_steps",
+    "--gradient_checkpointing": "--activation_checkpointing",
+    "--gradient_checkpointing_kwargs": "--activation_checkpointing_kwargs",
+}
 
 
 @dataclass
