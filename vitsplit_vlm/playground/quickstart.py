@@ -223,7 +223,8 @@ def _summary(report: Report) -> None:
     print(
         "Next:\n"
         f"  vitsplit-vlm chat --model-path {model} --image-file {paths.SHAPES}/images/heldout_00000.png\n"
-        f"  vitsplit-vlm demo --model-path {model} --examples {paths.SHAPES}/heldout.jsonl\n"
+        f"  vitsplit-vlm demo --model-path {model} --examples {paths.SHAPES}/heldout.jsonl"
+        "   (pip install -e '.[demo]')\n"
         "  bash scripts/eval/vqav2.sh; bash scripts/eval/pope.sh; bash scripts/eval/mmbench.sh\n"
         "  README.md: real weights and data (the same scripts, other paths)"
     )

@@ -80,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        print(
+            "[demo] Gradio is not installed: pip install -e '.[demo]' (make test installs it)",
+            file=sys.stderr,
+        )
+        return 2
     from .examples import example_rows, question_examples
     from .session import ModelFolderError, load_served_model
 
