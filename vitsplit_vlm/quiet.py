@@ -7,6 +7,7 @@ the filters; training calls it first thing.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 # (category, message regex matched from the message's start, module regex) as
@@ -30,7 +31,29 @@ THIRD_PARTY_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
 )
 
 
+# (logger, start of the message) of third-party log records dropped the same way: torch logs
+# this when DeepSpeed compiles or loads its CPU communication op, in every training process of a
+# CPU-only machine, where there is no CUDA runtime to find.
+THIRD_PARTY_LOG_RECORDS: tuple[tuple[str, str], ...] = (
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
 def quiet_third_party() -> None:
-    """Ignore exactly the warnings in `THIRD_PARTY_WARNINGS` (idempotent)."""
+    """Ignore exactly the warnings in `THIRD_PARTY_WARNINGS` and the log records in
+    `THIRD_PARTY_LOG_RECORDS` (idempotent)."""
     for category, message, module in THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, start in THIRD_PARTY_LOG_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.start == start for f in logger.filters):
+            logger.addFilter(_DropMessage(start))
