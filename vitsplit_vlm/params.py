@@ -5,9 +5,11 @@ task is `DenseModel(trunk, spec)` with the `DenseSpec` of ``dense train`` (the t
 for DINOv2-S/B/L), the VLM connector is `build_connector` over a `ViTSplitLlavaConfig` holding the
 connector's preset (the official LLaVA-1.5 layout for ``vitsplit``). ViT-Split flags
 (``--k --n --s --components ...``, from `vitsplit_vlm.core.flags`) override single fields.
-Reproduces the paper's counts (Tabs. 1, 4-6) and the LLaVA-1.5 connector sizes:
+Reproduces the paper's counts (Tabs. 1, 3-6, 15) and the LLaVA-1.5 connector sizes; a task
+reading several data sets (seg) takes ``--dataset`` for that data set's layers and classes:
 
     vitsplit-vlm params --backbone dinov2-s --task seg --json
+    vitsplit-vlm params --backbone dinov2-l --task seg --dataset cityscapes
     vitsplit-vlm params --backbone clip-l-336 --task vlm --connector vitsplit --llm-hidden 4096
     vitsplit-vlm params --paper          # every row of the paper's tables, with the deltas
 """
@@ -19,9 +21,12 @@ import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core import flags
+
+if TYPE_CHECKING:
+    from .dense.tasks import DenseTask, Preset
 
 COMPONENT_KEYS = ("task_head", "prior_head", "fusion", "head")
 VLM, NO_HEAD = "vlm", "none"
@@ -37,6 +42,7 @@ class Row:
     paper_m: float
     split: Mapping[str, Any] = field(default_factory=dict)  # ViTSplitConfig overrides
     connector: str = "vitsplit"
+    dataset: str | None = None  # a seg data set (its paper layers and classes); None: ADE20K
     component: str | None = None  # compare one component instead of the total
     tolerance_m: float = 0.05
     note: str = ""
@@ -48,6 +54,10 @@ PAPER_ROWS: tuple[Row, ...] = (
     Row("ViT-Split-S ADE20K seg", "dinov2-s", "seg", 10.2),
     Row("ViT-Split-B ADE20K seg", "dinov2-b", "seg", 40.5),
     Row("ViT-Split-L ADE20K seg", "dinov2-l", "seg", 88.6),
+    Row("ViT-Split-B Cityscapes seg", "dinov2-b", "seg", 55.2, dataset="cityscapes"),  # Tab. 3
+    Row("ViT-Split-L Cityscapes seg", "dinov2-l", "seg", 164.1, dataset="cityscapes"),
+    Row("ViT-Split-B Pascal Context seg", "dinov2-b", "seg", 47.5, dataset="pascal_context"),
+    Row("ViT-Split-L Pascal Context seg", "dinov2-l", "seg", 115.8, dataset="pascal_context"),
     Row("ViT-Split-S NYU depth", "dinov2-s", "depth", 9.3),
     Row("ViT-Split-L NYU depth", "dinov2-l", "depth", 65.5),
     Row("Tab.6 S head", "dinov2-s", "seg", 1.2, {"components": _ABL[0]}),
@@ -80,26 +90,38 @@ def tasks() -> tuple[str, ...]:
     return (*TASKS, VLM, NO_HEAD)
 
 
+def data_sets() -> tuple[str, ...]:
+    """Every ``--dataset`` name of the dense tasks that read several data sets."""
+    from .dense.tasks import TASKS
+
+    return tuple(dict.fromkeys(name for task in TASKS.values() for name in task.data_sets))
+
+
 def count(
     *,
     backbone: str,
     task: str,
     connector: str = "vitsplit",
-    classes: int = 150,
+    classes: int | None = None,
+    dataset: str | None = None,
     llm_hidden: int = 4096,
     **split: Any,
 ) -> dict:
     """`{"trainable", "components": {task_head, prior_head, fusion, head}, "layers"}`, built on
-    the meta device (no weights allocated). `split`: `ViTSplitConfig` fields to override."""
+    the meta device (no weights allocated). `split`: `ViTSplitConfig` fields to override;
+    `dataset`: the data set of a task reading several (its paper layers; its class count unless
+    `classes` is given; else 150)."""
     from .core.presets import backbone_config
 
     if task not in tasks():
         raise ValueError(f"--task must be one of {tasks()}, got {task!r}")
     vision = backbone_config(backbone)
     if task == VLM:
+        if dataset is not None:
+            raise ValueError(f"--dataset: --task {VLM} reads no dense data set")
         groups, layers = _vlm_groups(vision, connector, llm_hidden, split)
     else:
-        groups, layers = _dense_groups(vision, task, classes, split)
+        groups, layers = _dense_groups(vision, task, classes, dataset, split)
     counts = {key: groups.get(key, 0) for key in COMPONENT_KEYS}
     return {"trainable": sum(counts.values()), "components": counts, "layers": layers}
 
@@ -112,26 +134,40 @@ def _describe(cfg) -> str:
     return f"k={cfg.k} n={cfg.n} s={cfg.s} components={','.join(cfg.components) or '-'}"
 
 
-def _dense_groups(vision, task: str, classes: int, split: Mapping) -> tuple[dict, str]:
+def _real_preset(task: str, dataset: str | None) -> tuple[DenseTask, Preset]:
+    """(the task, its ``real`` preset for `dataset`) as ``dense train --preset real`` picks them."""
+    from .dense.tasks import get_task
+
+    dense = get_task(task)
+    if dataset is not None and dataset not in dense.data_sets:
+        reads = f"one of {', '.join(dense.data_sets)}" if dense.data_sets else "one data set"
+        raise ValueError(f"--dataset {dataset}: --task {task} reads {reads}")
+    return dense, dense.preset_for("real", {"dataset": dataset})
+
+
+def _dense_groups(
+    vision, task: str, classes: int | None, dataset: str | None, split: Mapping
+) -> tuple[dict, str]:
     """A dense task's `DenseModel` as ``dense train`` builds it, or (``none``) the heads alone."""
     import torch
 
     from .core import ViTSplit
     from .dense.model import DenseModel, count_parameters
     from .dense.recipes import dense_spec, split_config
-    from .dense.tasks import get_task
 
+    dense, preset = _real_preset("seg" if task == NO_HEAD else task, dataset)
     with torch.device("meta"):
         trunk = _trunk(vision)
         if task == NO_HEAD:
             cfg, origin = split_config(
-                get_task("seg"), "vitsplit", vision.num_hidden_layers, vision.hidden_size, split
-            )
+                dense, "vitsplit", vision.num_hidden_layers, vision.hidden_size, split,
+                preset=preset,
+            )  # fmt: skip
             groups = {g: sum(p.numel() for p in ps) for g, ps in ViTSplit(trunk, cfg).trainable_groups().items()}  # fmt: skip
             return groups, f"{_describe(cfg)} ({origin})"
-        dense = get_task(task)
+        classes = classes or getattr(preset, "num_classes", None) or 150
         spec, origin = dense_spec(
-            dense, "vitsplit", vision, dense.presets["real"], overrides=split, num_classes=classes
+            dense, "vitsplit", vision, preset, overrides=split, num_classes=classes
         )
         counts = count_parameters(DenseModel(trunk, spec))
     counts.pop("total")
@@ -176,7 +212,10 @@ def paper_report() -> list[dict]:
     """Every row of `PAPER_ROWS` with our count and the paper's."""
     rows = []
     for row in PAPER_ROWS:
-        result = count(backbone=row.backbone, task=row.task, connector=row.connector, **row.split)
+        result = count(
+            backbone=row.backbone, task=row.task, connector=row.connector, dataset=row.dataset,
+            **row.split,
+        )  # fmt: skip
         ours = result["components"][row.component] if row.component else result["trainable"]
         rows.append(
             {
@@ -206,7 +245,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=tasks(),
         help="a dense task (with its head), the LLaVA connector, or none (the ViT-Split parts)",
     )
-    parser.add_argument("--classes", type=int, default=150, help="seg / det classes")
+    parser.add_argument(
+        "--classes", type=int, default=None, help="seg / det classes (default: --dataset's, or 150)"
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        choices=data_sets(),
+        help="the data set of a task reading several (seg; default ade20k): its paper layers "
+        "and classes",
+    )
     parser.add_argument("--connector", default="vitsplit", choices=PROJECTOR_TYPES)
     parser.add_argument("--llm-hidden", type=int, default=4096, help="the LLM width (--task vlm)")
     parser.add_argument(
@@ -238,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
             task=args.task,
             connector=args.connector,
             classes=args.classes,
+            dataset=args.dataset,
             llm_hidden=args.llm_hidden,
             **flags.overrides(args),
         )

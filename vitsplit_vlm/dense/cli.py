@@ -211,7 +211,7 @@ def resolve_inputs(args: argparse.Namespace, task: DenseTask) -> tuple[Path, Pat
             "--preset playground for the tiny DINOv2 and the playground sets"
         )
     backbone = args.backbone or _playground_backbone()
-    data = args.data or _playground_data(task)
+    data = args.data or _playground_data(task, task.playground_folder(vars(args)))
     return backbone, data
 
 
@@ -228,16 +228,18 @@ def _playground_backbone() -> Path:
     return paths.TINY_DINOV2
 
 
-def _playground_data(task: DenseTask) -> Path:
+def _playground_data(task: DenseTask, folder: str) -> Path:
+    """The playground set in `folder` of ``make-data dense``'s output; missing sets are written
+    first (with the arguments the folder's manifest records, the defaults when there is none)."""
     from vitsplit_vlm.playground import paths
 
     note = ""
-    if not (paths.DENSE_DATA / "manifest.json").is_file():
-        from vitsplit_vlm.playground.dense_sets import write_dense_sets
+    data = paths.DENSE_DATA / folder
+    if not (paths.DENSE_DATA / "manifest.json").is_file() or not data.is_dir():
+        from vitsplit_vlm.playground.dense_sets import complete_dense_sets
 
-        write_dense_sets(paths.DENSE_DATA)
+        complete_dense_sets(paths.DENSE_DATA)
         note = ", generated now"
-    data = paths.DENSE_DATA / task.playground_set
     print(f"--preset playground: --data {data} (the playground {task.name} set{note})")
     return data
 
@@ -263,13 +265,32 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
     check_task_options(args, task)
     backbone, data = (path.resolve() for path in resolve_inputs(args, task))
     kind = preset_kind(args.preset, data)
-    preset = task.presets[kind].override(vars(args))
+    preset = task.preset_for(kind, vars(args)).override(vars(args))
     out = args.out or Path("runs/dense") / f"{task.name}-{args.method}"
     return TrainPlan(task, kind, preset, backbone, data, out)
 
 
-def _usage_error(err: ValueError) -> SystemExit:
-    return SystemExit(f"vitsplit-vlm dense train: error: {err}")
+def _usage_error(err: ValueError, action: str = "train") -> SystemExit:
+    return SystemExit(f"vitsplit-vlm dense {action}: error: {err}")
+
+
+def _load_split(
+    task: DenseTask,
+    data: Path,
+    split: str,
+    preset: Preset,
+    mean,
+    std,
+    *,
+    train: bool,
+    seed: int = 0,
+    action: str = "train",
+):
+    """`build_dataset`, with a wrong layout or an unusable set as one line naming the cause."""
+    try:
+        return build_dataset(task, data, split, preset, mean, std, train=train, seed=seed)
+    except ValueError as err:
+        raise _usage_error(err, action) from None
 
 
 def _build_model(args: argparse.Namespace, plan: TrainPlan, train_set):
@@ -322,13 +343,13 @@ def run_train(args: argparse.Namespace) -> int:
     task, preset, data, out = plan.task, plan.preset, plan.data, plan.out
     out.mkdir(parents=True, exist_ok=True)
     mean, std = normalization(plan.backbone)
-    train_set = build_dataset(task, data, "train", preset, mean, std, train=True, seed=args.seed)
+    train_set = _load_split(task, data, "train", preset, mean, std, train=True, seed=args.seed)
     model, ref = _build_model(args, plan, train_set)
     cfg = _train_config(args, preset)
     params = count_parameters(model)
     val_set = eval_cfg = untrained = None
     if args.eval_untrained or not args.no_eval:
-        val_set = build_dataset(task, data, "val", preset, mean, std, train=False)
+        val_set = _load_split(task, data, "val", preset, mean, std, train=False)
         eval_cfg = eval_config(task, preset, first_size(val_set), max_images=args.max_eval_images)
     if args.eval_untrained:  # the baseline for "metrics improve over the untrained model"
         untrained = evaluate(model, val_set, eval_cfg)
@@ -381,7 +402,9 @@ def run_eval(args: argparse.Namespace) -> int:
         preset = preset.override({"eval_mode": args.eval_mode})
     data = args.data or Path(info["data"])
     norm = payload["normalization"]
-    val_set = build_dataset(task, data, "val", preset, norm["mean"], norm["std"], train=False)
+    val_set = _load_split(
+        task, data, "val", preset, norm["mean"], norm["std"], train=False, action="eval"
+    )
     cfg = eval_config(task, preset, first_size(val_set), max_images=args.max_eval_images)
     metrics = evaluate(model, val_set, cfg)
     text = json.dumps(_jsonable(metrics), indent=1)

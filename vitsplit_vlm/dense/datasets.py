@@ -9,6 +9,11 @@ NYU-v2     ``ROOT/nyu_{train,test}.txt``, one ``rgb_path depth_path [focal]`` pe
            relative to ROOT; depth PNGs are 16-bit millimetres (``depth_scale=1000``), 0 = none.
 COCO 2017  ``ROOT/annotations/instances_{train,val}2017.json`` + ``ROOT/{train,val}2017/``
            (`vitsplit_vlm.dense.coco.COCODetection`, built on the base class here).
+Cityscapes ``ROOT/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png`` +
+           ``ROOT/gtFine/...`` ``*_gtFine_labelTrainIds.png`` (`vitsplit_vlm.dense.seg_datasets`).
+Pascal     ``VOC2010/ImageSets/SegmentationContext/{train,val}.txt`` naming
+Context    ``VOC2010/JPEGImages/<id>.jpg`` + ``VOC2010/SegmentationClassContext/<id>.png``
+           (`vitsplit_vlm.dense.seg_datasets`).
 =========  =====================================================================================
 
 Bad input never stops an epoch. What is visible from the file list (an image without its
@@ -16,7 +21,8 @@ annotation, a COCO training image without instances, an unknown category) is dro
 set is built; what needs the pixels (a label value out of range, a depth map without valid
 pixels, an unreadable file) makes ``__getitem__`` return a `Skipped`, which `collate` removes and
 the training loop counts. Both kinds end up in one `SkipLog` report. A malformed index file
-(split file line, JSON) is one clear ``ValueError`` naming the file.
+(split file line, JSON) is one clear ``ValueError`` naming the file; a root without the layout's
+folders is a `LayoutError` naming what was expected.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ from .transforms import (
 )
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class LayoutError(ValueError):
+    """The data root does not hold the layout a loader reads; the message names what it expected."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,12 @@ class DenseDataset(torch.utils.data.Dataset):
     """
 
     task: str = ""
+    LAYOUT: str = ""  # what a data root holds, for error messages
+
+    @staticmethod
+    def matches(root: Path) -> bool:
+        """Whether `root` looks like this loader's layout (for a hint naming the right loader)."""
+        return False
 
     def __init__(
         self,
@@ -224,6 +240,37 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def read_seg_pair(
+    image_path: Path, label_path: Path, *, num_classes: int, reduce_zero_label: bool
+) -> Sample | Skipped:
+    """An image (H, W, 3) and its label PNG (H, W) as a segmentation `Sample` (class ids 0..K-1,
+    255 ignored), or why it is skipped: a label of another size, a value outside the classes.
+
+    `reduce_zero_label` (MMSegmentation's, for ADE20K and Pascal Context 59): PNG value 0 is
+    "other" and becomes 255, value k becomes class k-1.
+    """
+    image = read_rgb(image_path)
+    with Image.open(label_path) as im:
+        label = np.asarray(im).astype(np.int64)
+    if label.ndim != 2 or label.shape != image.shape[:2]:
+        return Skipped(
+            "label out of range",
+            str(label_path),
+            f"label {label.shape} vs image {image.shape[:2]}",
+        )
+    if reduce_zero_label:
+        label = np.where(label == 0, IGNORE_INDEX + 1, label) - 1  # 0 -> 255, k -> k-1
+    bad = (label != IGNORE_INDEX) & ((label < 0) | (label >= num_classes))
+    if bad.any():
+        value = int(label[bad].max()) + int(reduce_zero_label)
+        return Skipped(
+            "label out of range",
+            str(label_path),
+            f"value {value} for {num_classes} classes",
+        )
+    return Sample(image, seg=label, meta={"path": str(image_path), "ori_size": label.shape})
+
+
 # --------------------------------------------------------------------------- ADE20K
 
 ADE_SPLITS = {
@@ -255,6 +302,12 @@ class ADE20K(DenseDataset):
     """Semantic segmentation in the ADE20K layout (see the module doc)."""
 
     task = "seg"
+    LAYOUT = "ROOT/images/{training,validation}/*.jpg + ROOT/annotations/{...}/<stem>.png"
+
+    @staticmethod
+    def matches(root: Path) -> bool:
+        """Whether `root` holds this layout's training folders."""
+        return all((Path(root) / sub / "training").is_dir() for sub in ("images", "annotations"))
 
     def __init__(
         self,
@@ -271,7 +324,7 @@ class ADE20K(DenseDataset):
         sub = ADE_SPLITS[split]
         image_dir, label_dir = root / "images" / sub, root / "annotations" / sub
         if not image_dir.is_dir():
-            raise ValueError(f"ADE20K: {image_dir} is not a folder (expected ROOT/images/{sub})")
+            raise LayoutError(f"ADE20K: {image_dir} is not a folder (expected {self.LAYOUT})")
         self.class_names = read_class_names(root)
         if num_classes is None:
             num_classes = len(self.class_names) if self.class_names else 150
@@ -288,26 +341,10 @@ class ADE20K(DenseDataset):
 
     def load(self, record: tuple[Path, Path]) -> Sample | Skipped:
         image_path, label_path = record
-        image = read_rgb(image_path)
-        with Image.open(label_path) as im:
-            label = np.asarray(im).astype(np.int64)
-        if label.ndim != 2 or label.shape != image.shape[:2]:
-            return Skipped(
-                "label out of range",
-                str(label_path),
-                f"label {label.shape} vs image {image.shape[:2]}",
-            )
-        if self.reduce_zero_label:
-            label = np.where(label == 0, IGNORE_INDEX + 1, label) - 1  # 0 -> 255, k -> k-1
-        bad = (label != IGNORE_INDEX) & ((label < 0) | (label >= self.num_classes))
-        if bad.any():
-            value = int(label[bad].max()) + int(self.reduce_zero_label)
-            return Skipped(
-                "label out of range",
-                str(label_path),
-                f"value {value} for {self.num_classes} classes",
-            )
-        return Sample(image, seg=label, meta={"path": str(image_path), "ori_size": label.shape})
+        return read_seg_pair(
+            image_path, label_path, num_classes=self.num_classes,
+            reduce_zero_label=self.reduce_zero_label,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- NYU-v2

@@ -60,13 +60,15 @@ def split_config(
     num_blocks: int,
     hidden_size: int,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    preset: Preset | None = None,
 ) -> tuple[ViTSplitConfig | None, str]:
     """The ViT-Split settings of `method` on this trunk and where they come from: the task's
-    paper layers (`default_split_config`) with `overrides` (`core.flags.overrides`) applied;
-    ``linear`` keeps no component, ``full`` has none."""
+    paper layers for the data set `preset` reads (`default_split_config`) with `overrides`
+    (`core.flags.overrides`) applied; ``linear`` keeps no component, ``full`` has none."""
     if method == "full":
         return None, "method full fine-tunes the whole trunk"
-    base, origin = default_split_config(task.name, num_blocks, hidden_size)
+    base, origin = default_split_config(task.name, num_blocks, hidden_size, preset=preset)
     changes = dict(overrides or {})
     if method == "linear":
         changes["components"] = ()
@@ -86,8 +88,9 @@ def dense_spec(
     """The `DenseSpec` ``dense train`` builds (`DenseModel(trunk, spec)` is the model), and
     where its layers come from. `trunk_config`: the trunk's Hugging Face config."""
     split, origin = split_config(
-        task, method, trunk_config.num_hidden_layers, trunk_config.hidden_size, overrides
-    )
+        task, method, trunk_config.num_hidden_layers, trunk_config.hidden_size, overrides,
+        preset=preset,
+    )  # fmt: skip
     spec = DenseSpec(
         task=task.name, method=method, split=split, num_classes=num_classes,
         class_names=class_names, **task.spec_fields(preset),

@@ -99,7 +99,8 @@ def _add_dense(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=paths.DENSE_DATA,
-        help="output folder; ade/, nyu/ and coco/ go inside (default: %(default)s)",
+        help="output folder; ade/, nyu/, coco/, cityscapes/ and pascal_context/ go inside "
+        "(default: %(default)s)",
     )
     parser.add_argument("--num-train", type=int, default=2000, help="training images per set")
     parser.add_argument("--num-val", type=int, default=200, help="validation images per set")
@@ -112,8 +113,14 @@ def _run_dense(args: argparse.Namespace) -> int:
     paths = write_dense_sets(
         args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed
     )
-    for label, path in [("ADE20K", paths.ade), ("NYU-v2", paths.nyu), ("COCO", paths.coco)]:
-        print(f"{label:<7} {path}")
+    for label, path in [
+        ("ADE20K", paths.ade),
+        ("NYU-v2", paths.nyu),
+        ("COCO", paths.coco),
+        ("Cityscapes", paths.cityscapes),
+        ("Pascal Context", paths.pascal_context),
+    ]:
+        print(f"{label:<14} {path}")
     return 0
 
 
@@ -129,7 +136,8 @@ GENERATORS: dict[str, Command] = {
         _run_evalsets,
     ),
     "dense": Command(
-        "shape scenes as ADE20K masks, NYU-v2 depth and COCO instances (dense tasks)",
+        "shape scenes as ADE20K / Cityscapes / Pascal Context masks, NYU-v2 depth and COCO "
+        "instances (dense tasks)",
         _add_dense,
         _run_dense,
     ),

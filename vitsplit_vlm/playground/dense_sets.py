@@ -1,7 +1,8 @@
-"""Playground dense sets: shape scenes written in the ADE20K, NYU-v2 and COCO 2017 layouts.
+"""Playground dense sets: shape scenes written in the ADE20K, NYU-v2, COCO 2017, Cityscapes and
+Pascal Context layouts.
 
-`write_dense_sets(out)` writes three folders that the real loaders in `vitsplit_vlm.dense`
-read unchanged (see `vitsplit_vlm.dense.datasets` for the layouts):
+`write_dense_sets(out)` writes five folders that the real loaders in `vitsplit_vlm.dense`
+read unchanged (see `vitsplit_vlm.dense.datasets` and `.seg_datasets` for the layouts):
 
 - ``ade/``: semantic masks. Classes (ADE ``Idx`` = PNG value): 1 background, 2 circle,
   3 square, 4 triangle, 5 cross; 0 marks small grey "clutter" patches, an "other" region that
@@ -12,10 +13,17 @@ read unchanged (see `vitsplit_vlm.dense.datasets` for the layouts):
   back; about a third of the images have a rectangle of missing depth (0).
 - ``coco/``: instances with polygons; category ids 1 circle, 2 square, 3 triangle, 5 cross
   (not contiguous, as in COCO).
+- ``cityscapes/``: 112x224 (HxW, Cityscapes' 1:2) pairs of 112 px scenes as
+  ``*_gtFine_labelTrainIds.png``: train ids 0 background, 1 circle, 2 square, 3 triangle,
+  4 cross (the first five of the 19; their Cityscapes names do not apply), 255 on clutter.
+- ``pascal_context/VOCdevkit/VOC2010/``: 112-168 px scenes cut to 3:4 or 4:3, JPEG images,
+  split files and labels valued as ``ade/`` (0 = clutter, the background that
+  ``reduce_zero_label`` ignores; 1..5 become classes 0..4 of the 59).
 
 Every image comes from `vitsplit_vlm.playground.shapes.sample_scene` with its own string-seeded
-``random.Random``, so sets are deterministic; object masks are the exact pixels of the object's
-colour inside its box (the renderer draws without anti-aliasing and keeps boxes apart).
+``random.Random``, so sets are deterministic (and one set's images do not depend on which other
+sets are written); object masks are the exact pixels of the object's colour inside its box (the
+renderer draws without anti-aliasing and keeps boxes apart).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,17 +48,27 @@ NYU_FOCAL = 518.8579
 CLUTTER = (128, 128, 128)
 
 
+CITYSCAPES_CITIES = {"train": ("aachen", "bremen", "zurich"), "val": ("frankfurt", "lindau")}
+CITYSCAPES_IGNORE = 255
+VOC2010 = Path("VOCdevkit") / "VOC2010"
+
+
 @dataclass(frozen=True)
 class DenseSetPaths:
     root: Path
     ade: Path
     nyu: Path
     coco: Path
+    cityscapes: Path
+    pascal_context: Path
 
 
 def dense_set_paths(out: str | Path) -> DenseSetPaths:
     root = Path(out)
-    return DenseSetPaths(root, root / "ade", root / "nyu", root / "coco")
+    return DenseSetPaths(
+        root, root / "ade", root / "nyu", root / "coco", root / "cityscapes",
+        root / "pascal_context",
+    )  # fmt: skip
 
 
 def object_mask(image: np.ndarray, obj: SceneObject) -> np.ndarray:
@@ -99,6 +119,79 @@ def write_ade(root: Path, num: dict[str, int], seed: int) -> None:
     rows = ["Idx,Ratio,Train,Val,Name"]
     rows += [f"{k + 1},0,0,0,{name}" for k, name in enumerate(SEG_CLASSES)]
     (root / "objectInfo.csv").write_text("\n".join(rows) + "\n")
+
+
+def _labelled_scene(rng: random.Random, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A `size` px scene: image (H, W, 3) uint8, label (H, W) uint8 = `SEG_CLASSES` index, and
+    the (H, W) bool mask of its clutter patches."""
+    scene = sample_scene(rng, image_size=size)
+    image = np.array(scene.render())
+    label = np.zeros(image.shape[:2], np.uint8)  # SEG_CLASSES[0]: background
+    for obj in scene.objects:
+        label[object_mask(image, obj)] = SEG_CLASSES.index(obj.shape)
+    return image, label, _add_clutter(image, rng)
+
+
+# --------------------------------------------------------------------------- Cityscapes
+
+
+def _cityscapes_sample(split: str, seed: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 112x224 image and its train ids: two scenes side by side, clutter 255."""
+    rng = random.Random(f"dense-cityscapes-{split}-{seed}-{i}")
+    halves = [_labelled_scene(rng, 112) for _ in range(2)]
+    image = np.concatenate([h[0] for h in halves], axis=1)
+    label = np.concatenate([h[1] for h in halves], axis=1)
+    label[np.concatenate([h[2] for h in halves], axis=1)] = CITYSCAPES_IGNORE
+    return image, label
+
+
+def write_cityscapes(root: Path, num: dict[str, int], seed: int) -> None:
+    for split, cities in CITYSCAPES_CITIES.items():
+        for i in range(num[split]):
+            image, label = _cityscapes_sample(split, seed, i)
+            city = cities[i % len(cities)]
+            name = f"{city}_{i:06d}_000019"  # city_sequence_frame, as Cityscapes names them
+            (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
+            (root / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(
+                root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png"
+            )
+            Image.fromarray(label, mode="L").save(
+                root / "gtFine" / split / city / f"{name}_gtFine_labelTrainIds.png"
+            )
+
+
+# --------------------------------------------------------------------------- Pascal Context
+
+
+def _pascal_context_sample(split: str, seed: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """A scene cut to 3:4 or 4:3 and its labels: 0 clutter, `SEG_CLASSES` index + 1 elsewhere."""
+    rng = random.Random(f"dense-pascal_context-{split}-{seed}-{i}")
+    size = rng.choice((112, 140, 168))
+    image, label, clutter = _labelled_scene(rng, size)
+    label = np.where(clutter, 0, label + 1).astype(np.uint8)
+    short = size * 3 // 4
+    start = rng.randint(0, size - short)
+    if rng.random() < 0.5:  # landscape, as most VOC photos
+        return image[start : start + short], label[start : start + short]
+    return image[:, start : start + short], label[:, start : start + short]
+
+
+def write_pascal_context(root: Path, num: dict[str, int], seed: int) -> None:
+    voc = root / VOC2010
+    for sub in ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    for split, year in (("train", 2008), ("val", 2010)):  # ids unique across the two splits
+        ids = []
+        for i in range(num[split]):
+            image, label = _pascal_context_sample(split, seed, i)
+            name = f"{year}_{i:06d}"
+            Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
+            Image.fromarray(label, mode="L").save(voc / "SegmentationClassContext" / f"{name}.png")
+            ids.append(name)
+        (voc / "ImageSets" / "SegmentationContext" / f"{split}.txt").write_text(
+            "\n".join(ids) + "\n"
+        )
 
 
 # --------------------------------------------------------------------------- NYU-v2
@@ -222,14 +315,39 @@ def write_coco(root: Path, num: dict[str, int], seed: int) -> None:
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
 
 
-# --------------------------------------------------------------------------- all three
+# --------------------------------------------------------------------------- all sets
+
+Writer = Callable[[Path, dict[str, int], int], None]  # (folder, {"train", "val"} counts, seed)
+SET_WRITERS: dict[str, Writer] = {
+    "ade": write_ade,
+    "nyu": write_nyu,
+    "coco": write_coco,
+    "cityscapes": write_cityscapes,
+    "pascal_context": write_pascal_context,
+}
+FIRST_SETS = ("ade", "nyu", "coco")  # what a manifest without a "sets" list holds
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _sets_done(recorded: dict | None, manifest: dict) -> set[str]:
+    """The sets a recorded manifest marks complete for the same generator, version and args."""
+    if recorded is None or any(recorded.get(key) != value for key, value in manifest.items()):
+        return set()
+    return set(recorded.get("sets", FIRST_SETS))
 
 
 def write_dense_sets(
     out: str | Path, *, num_train: int = 2000, num_val: int = 200, seed: int = 0
 ) -> DenseSetPaths:
-    """Write ``ade/``, ``nyu/`` and ``coco/`` under `out`; a no-op when ``manifest.json``
-    records the same arguments."""
+    """Write every set of `SET_WRITERS` under `out`. A no-op when ``manifest.json`` records the
+    same arguments and all sets; sets it does not list (e.g. added to the generator since) are
+    written alone, leaving the others untouched; other arguments rewrite everything."""
     if num_train < 1 or num_val < 1:
         raise ValueError(f"need num_train, num_val >= 1, got {num_train}, {num_val}")
     paths = dense_set_paths(out)
@@ -239,20 +357,25 @@ def write_dense_sets(
         "args": {"num_train": num_train, "num_val": num_val, "seed": seed},
     }
     manifest_path = paths.root / "manifest.json"
-    try:
-        if json.loads(manifest_path.read_text()) == manifest:
-            return paths
-    except (OSError, ValueError):
-        pass
-    import shutil
-
-    for folder in (paths.ade, paths.nyu, paths.coco):
-        shutil.rmtree(folder, ignore_errors=True)
+    done = _sets_done(_read_manifest(manifest_path), manifest)
+    missing = [name for name in SET_WRITERS if name not in done]
+    if not missing:
+        return paths
     paths.root.mkdir(parents=True, exist_ok=True)
-    manifest_path.unlink(missing_ok=True)
+    if not done:
+        manifest_path.unlink(missing_ok=True)
     num = {"train": num_train, "val": num_val}
-    write_ade(paths.ade, num, seed)
-    write_nyu(paths.nyu, num, seed)
-    write_coco(paths.coco, num, seed)
+    for name in missing:
+        shutil.rmtree(paths.root / name, ignore_errors=True)  # a partial earlier attempt
+        SET_WRITERS[name](paths.root / name, num, seed)
+    manifest["sets"] = list(SET_WRITERS)
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")  # last: marks completion
     return paths
+
+
+def complete_dense_sets(out: str | Path) -> DenseSetPaths:
+    """`write_dense_sets` with the arguments `out`'s manifest records (the defaults without
+    one): adds the sets a folder written by an earlier generator lacks."""
+    recorded = _read_manifest(Path(out) / "manifest.json") or {}
+    args = recorded.get("args") if recorded.get("generator") == "dense" else None
+    return write_dense_sets(out, **(args or {}))

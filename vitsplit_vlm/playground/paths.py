@@ -18,7 +18,7 @@ TINY_DINOV2 = TINY / "dinov2"
 DATA = PLAYGROUND / "data"
 SHAPES = DATA / "shapes"  # `make-data shapes`: the tiny VLM's training and held-out data
 EVAL = DATA / "eval"  # `make-data evalsets`: LLaVA's playground/data/eval layout
-DENSE_DATA = DATA / "dense"  # `make-data dense`: ADE20K / NYU-v2 / COCO layouts
+DENSE_DATA = DATA / "dense"  # `make-data dense`: the five dense layouts
 
 CHECKPOINTS = Path("checkpoints")
 TINY_PRETRAIN = CHECKPOINTS / "vitsplit-tiny-pretrain"  # stage 1 of the tiny default

@@ -29,19 +29,21 @@ def get_task(name: str) -> DenseTask:
 
 
 def default_split_config(
-    task_name: str, num_blocks: int, hidden_size: int
+    task_name: str, num_blocks: int, hidden_size: int, *, preset: Preset | None = None
 ) -> tuple[ViTSplitConfig, str]:
     """The ViT-Split layers for a task on a trunk of this depth / width, and where they come from.
 
-    DINOv2-S/B/L shapes get the task's paper setting (`DenseTask.paper_layers`); any other trunk
-    (the tiny playground one, DINOv2-g, which the paper does not train) gets k=3, n=4, s=2,
-    clipped so the task head leaves at least one frozen block.
+    DINOv2-S/B/L shapes get the task's paper setting for the data set `preset` reads
+    (`DenseTask.paper_setting`; None: the task's default data set); any other trunk (the tiny
+    playground one, DINOv2-g, which the paper does not train) and sizes the paper gives no setting
+    for get k=3, n=4, s=2, clipped so the task head leaves at least one frozen block.
     """
     task = get_task(task_name)
     size = DINOV2_SIZES.get((num_blocks, hidden_size))
-    if size in task.paper_layers:
-        k, n, s = task.paper_layers[size]
-        return ViTSplitConfig(k=k, n=n, s=s), f"paper setting for {task.name} on DINOv2-{size}"
+    layers, what = task.paper_setting(preset)
+    if size in layers:
+        k, n, s = layers[size]
+        return ViTSplitConfig(k=k, n=n, s=s), f"paper setting for {what} on DINOv2-{size}"
     k, n, s = FALLBACK_LAYERS
     k = max(1, min(k, num_blocks - 1))
     n = max(1, min(n, num_blocks - 1))

@@ -140,6 +140,8 @@ class DenseTask:
     presets: ClassVar[Mapping[str, Preset]]  # PRESET_KINDS -> preset
     options: ClassVar[tuple[TaskOption, ...]] = ()
     needs_classes: ClassVar[bool] = False  # DenseSpec.num_classes must be positive
+    # names a ``--dataset`` task option chooses from (the first is the default); () = one layout
+    data_sets: ClassVar[tuple[str, ...]] = ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -147,6 +149,23 @@ class DenseTask:
     def preset_from_dict(self, data: Mapping[str, Any]) -> Preset:
         """The preset a run recorded (``info["opts"]`` of its checkpoint)."""
         return type(self.presets["real"]).from_dict(data)
+
+    # ---- data set choice (tasks reading several data sets override these) ------------------
+    def preset_for(self, kind: str, choice: Mapping[str, Any]) -> Preset:
+        """The `kind` preset ``dense train`` starts from before its flags override single values;
+        `choice`: the flags given (a task with `data_sets` reads ``choice["dataset"]``)."""
+        return self.presets[kind]
+
+    def playground_folder(self, choice: Mapping[str, Any]) -> str:
+        """The ``make-data dense`` subfolder of the data set `choice` names."""
+        return self.playground_set
+
+    def paper_setting(
+        self, preset: Preset | None
+    ) -> tuple[Mapping[str, tuple[int, int, int]], str]:
+        """(DINOv2 size -> the paper's (k, n, s), what they are for: the task and, where it
+        reads several, the data set) for a run with `preset` (None: the default data set)."""
+        return self.paper_layers, self.name
 
     # ---- architecture ----------------------------------------------------------------------
     def check_spec(self, spec: DenseSpec) -> None:

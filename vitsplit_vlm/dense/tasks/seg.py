@@ -1,47 +1,41 @@
-"""Semantic segmentation (ADE20K): linear head, cross-entropy, mIoU, whole / sliding inference."""
+"""Semantic segmentation (ADE20K, Cityscapes, Pascal Context): linear head, cross-entropy, mIoU,
+whole / sliding inference. The data sets, their presets and layers: `seg_data.SEG_DATASETS`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from .. import transforms as T
-from ..datasets import ADE20K, DenseDataset
+from ..datasets import DenseDataset, LayoutError
 from ..heads import SegHead
 from ..inference import SEG_MODES, predict_seg
 from ..losses import seg_loss
 from ..metrics import SegMetric
 from ..visualize import seg_overlay
-from .base import CROP_SIZE, MapTask, Preset, TaskOption, parse_pair
+from .base import CROP_SIZE, MapTask, TaskOption, parse_pair
+from .seg_data import (
+    ADE20K_PLAYGROUND,
+    ADE20K_REAL,
+    DEFAULT_DATASET,
+    SEG_DATASETS,
+    SegDataSet,
+    SegPreset,
+    get_seg_dataset,
+)
 
-
-@dataclass(frozen=True, kw_only=True)
-class SegPreset(Preset):
-    """Segmentation recipe: random rescale of `scale` x [0.5, 2], `crop_size` crops; evaluation
-    `eval_mode` whole or slide (windows of `crop_size` every `eval_stride`)."""
-
-    crop_size: tuple[int, int]
-    eval_mode: str = "whole"
-    eval_stride: tuple[int, int] | None = None
-    num_classes: int | None = None  # None: ROOT/objectInfo*.csv, else 150
-
-
-# ADE20K: the paper's MMSegmentation recipe (40k iterations, poly, 1500 warmup, slide 512/341);
-# playground: a few-minute CPU run on the 112-168 px shape scenes.
-REAL = SegPreset(
-    iters=40000, batch_size=16, lr=3e-4, weight_decay=1e-2, schedule="poly", warmup_iters=1500,
-    grad_clip=None, crop_size=(512, 512), scale=(2048, 512), eval_mode="slide",
-    eval_stride=(341, 341),
-)  # fmt: skip
-PLAYGROUND = SegPreset(
-    iters=600, batch_size=8, lr=1e-3, weight_decay=1e-2, schedule="poly", warmup_iters=50,
-    grad_clip=None, crop_size=(112, 112), scale=(448, 112), eval_mode="whole",
-    eval_stride=(74, 74),
-)  # fmt: skip
+REAL, PLAYGROUND = ADE20K_REAL, ADE20K_PLAYGROUND  # the default data set's (ADE20K) presets
+DATASET = TaskOption(
+    "dataset",
+    f"data set (default {DEFAULT_DATASET}): its layout, presets and paper layers",
+    choices=tuple(SEG_DATASETS),
+)
 
 
 @dataclass(frozen=True)
@@ -71,20 +65,45 @@ class SegScore:
 
 
 class SegTask(MapTask):
-    """ADE20K-layout semantic segmentation (`vitsplit_vlm.dense.datasets.ADE20K`)."""
+    """Semantic segmentation on a registered data set (`seg_data.SEG_DATASETS`, ``--dataset``);
+    the class attributes are the default data set's (ADE20K)."""
 
     name = "seg"
-    playground_set = "ade"
-    paper_layers = {"S": (3, 4, 2), "B": (3, 4, 2), "L": (4, 8, 2)}  # paper Tab. 10
-    presets = {"real": REAL, "playground": PLAYGROUND}
+    playground_set = SEG_DATASETS[DEFAULT_DATASET].playground_set
+    paper_layers = SEG_DATASETS[DEFAULT_DATASET].paper_layers
+    presets = SEG_DATASETS[DEFAULT_DATASET].presets
+    data_sets = tuple(SEG_DATASETS)
     options = (
         CROP_SIZE,
+        DATASET,
         TaskOption("eval_mode", "inference (window = crop)", choices=SEG_MODES),
         TaskOption("eval_stride", "sliding-window stride N or H,W", parse_pair),
-        TaskOption("num_classes", "classes (default: objectInfo*.csv or 150)", int),
+        TaskOption(
+            "num_classes",
+            "classes (default: the data set's; ADE20K: objectInfo*.csv or 150)",
+            int,
+        ),
     )
     needs_classes = True
     head_resolution_output = True  # seg_loss resizes the 4x-grid logits itself
+
+    # ---- the data set ----------------------------------------------------------------------
+    @staticmethod
+    def data_set(name: str | None) -> SegDataSet:
+        """The registered data set `name` (None: the default, ADE20K)."""
+        return get_seg_dataset(name or DEFAULT_DATASET)
+
+    def preset_for(self, kind: str, choice: Mapping[str, Any]) -> SegPreset:
+        return self.data_set(choice.get("dataset")).presets[kind]
+
+    def playground_folder(self, choice: Mapping[str, Any]) -> str:
+        return self.data_set(choice.get("dataset")).playground_set
+
+    def paper_setting(self, preset: SegPreset | None) -> tuple[Mapping[str, tuple], str]:
+        data = self.data_set(preset.dataset if preset is not None else None)
+        if data is SEG_DATASETS[DEFAULT_DATASET]:
+            return data.paper_layers, self.name
+        return data.paper_layers, f"{self.name} ({data.title})"
 
     def build_head(self, spec, channels, patch_size):
         return SegHead(channels, spec.num_classes)
@@ -99,8 +118,23 @@ class SegTask(MapTask):
     def eval_transforms(self, preset: SegPreset) -> list:
         return T.eval_pipeline(preset.scale)
 
-    def dataset(self, root: Path, split, preset: SegPreset, *, transforms, **common) -> ADE20K:
-        return ADE20K(root, split, num_classes=preset.num_classes, transforms=transforms, **common)
+    def dataset(self, root: Path, split, preset: SegPreset, *, transforms, **common):
+        """The preset's data set (`SegPreset.dataset`) at `root`; when `root` does not hold its
+        layout but another registered one, the error says which ``--dataset`` to pass."""
+        data = self.data_set(preset.dataset)
+        try:
+            return data.loader(
+                root, split, num_classes=preset.num_classes, transforms=transforms, **common
+            )
+        except LayoutError as err:
+            others = [
+                name for name, other in SEG_DATASETS.items()
+                if other is not data and other.loader.matches(Path(root))
+            ]  # fmt: skip
+            if not others:
+                raise
+            hint = f"; {root} looks like the {others[0]} layout: pass --dataset {others[0]}"
+            raise LayoutError(f"{err}{hint}") from None
 
     def eval_settings(self, preset: SegPreset | None = None, sample_size=None) -> SegEval:
         if preset is None:
