@@ -338,7 +338,7 @@ def train(
     start, session_steps = time.perf_counter(), 0
     stream = global_batches(dataset, plan, seed=cfg.seed, rank=runtime.ranks.rank,
                             num_workers=cfg.num_workers, start=progress.position)  # fmt: skip
-    for position, micro in stream:
+    for position, micro in stream if progress.step < cfg.iters else ():
         progress.position = position
         micro = _usable(micro, progress.skips, runtime)
         if not micro:
