@@ -136,11 +136,16 @@ def resolve_runtime(
             )
         chosen = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(chosen)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+        set_tf32(tf32)
     runtime = Runtime(chosen, precision, ranks, channels_last=channels_last and cuda_device(chosen))
     join_group(ranks, chosen)
     return runtime
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for float32 matmuls and convolutions on CUDA (process-wide)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def cuda_device(device: torch.device) -> bool:
