@@ -132,7 +132,7 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                    help="CUDA: TF32 matmuls / convolutions in fp32")  # fmt: skip
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="CUDA: convolution weights and maps in NHWC")  # fmt: skip
+                   help="CUDA: NHWC weights in the seg / depth heads' convolutions")  # fmt: skip
 
 
 def _add_long_run(p: argparse.ArgumentParser) -> None:
@@ -340,8 +340,8 @@ def _runtime(args: argparse.Namespace, command: str):
 
 @contextlib.contextmanager
 def _session(runtime):
-    """Ranks other than 0 print nothing; the process group is left at the end (after a barrier
-    when every rank got there, at once after an error)."""
+    """Ranks other than 0 print nothing; a process group the command created is left at the end
+    (after a barrier when every rank got there, at once after an error)."""
     import torch.distributed as dist
 
     quiet = open(os.devnull, "w") if not runtime.is_main else None
@@ -349,15 +349,16 @@ def _session(runtime):
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
             yield
     except BaseException:
-        if dist.is_initialized():
+        if runtime.owns_group and dist.is_initialized():
             dist.destroy_process_group()
         raise
     finally:
         if quiet is not None:
             quiet.close()
-    from .distributed import leave_group
+    if runtime.owns_group:
+        from .distributed import leave_group
 
-    leave_group()
+        leave_group()
 
 
 def _plan_main_first(args: argparse.Namespace, runtime) -> TrainPlan:
@@ -415,6 +416,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, runtime) -> int:
     val_set = build_dataset(task, data, "val", preset, norm["mean"], norm["std"], train=False)
     cfg = eval_config(task, preset, first_size(val_set), max_images=args.max_eval_images)
     metrics = evaluate(model, val_set, cfg, runtime=runtime)
+    if runtime.distributed:
+        print(f"evaluated in {runtime.world_size} processes ({runtime.device.type})")
     text = json.dumps(_jsonable(metrics), indent=1)
     print(json.dumps(_summary(metrics)))
     if args.out and runtime.is_main:

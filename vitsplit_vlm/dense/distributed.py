@@ -56,10 +56,11 @@ def ranks_from_env(env: dict[str, str] | None = None) -> Ranks:
         raise ValueError(f"torchrun environment RANK / WORLD_SIZE / LOCAL_RANK: {err}") from None
 
 
-def join_group(ranks: Ranks, device: torch.device) -> None:
-    """Join the default process group: nccl for CUDA devices, gloo otherwise (a no-op alone)."""
+def join_group(ranks: Ranks, device: torch.device) -> bool:
+    """Join the default process group: nccl for CUDA devices, gloo otherwise. Returns whether it
+    created the group (False alone, or when the caller already had one)."""
     if not ranks.distributed or dist.is_initialized():
-        return
+        return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
         dist.init_process_group(backend, device_id=device)
@@ -69,6 +70,7 @@ def join_group(ranks: Ranks, device: torch.device) -> None:
         raise RuntimeError(
             f"process group has {dist.get_world_size()} ranks, WORLD_SIZE says {ranks.world_size}"
         )
+    return True
 
 
 def leave_group() -> None:

@@ -7,7 +7,8 @@ One folder per saved step::
                           and predict read it)
         train_state.pt    optimizer, lr schedule, gradient scaler, progress (data position, log
                           window, history, skipped samples, best evaluation), the RNG states of
-                          every rank (python, numpy, torch, CUDA) and the run's identity
+                          every rank (python, numpy, torch, its CUDA device) and the run's
+                          identity
         COMPLETE          written last
 
 A folder is written as ``.tmp-step-...`` and renamed when complete, so a killed run leaves at most
@@ -132,26 +133,28 @@ def rotate(root: Path, keep_last: int) -> list[Path]:
 
 
 def rng_states() -> dict:
-    """This process's RNG states (python, numpy, torch, every CUDA device) as plain data."""
+    """This process's RNG states (python, numpy, torch, its current CUDA device) as plain data.
+    Only the current device: reading the others would open a CUDA context on each of them."""
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    cuda = [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else []
     return {
         "python": [version, list(mt), gauss],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": cuda,
     }
 
 
 def set_rng_states(state: dict) -> None:
-    """Restore `rng_states`' output."""
+    """Restore `rng_states`' output (the CUDA state onto the current device)."""
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"][0])
 
 
 def train_state_payload(step: int, identity: dict, snapshot: dict, rng: list[dict]) -> dict:

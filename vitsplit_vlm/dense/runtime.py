@@ -57,13 +57,15 @@ def _gpu_name(device: torch.device) -> str:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Device, precision and this process's ranks. `channels_last`: convolution weights and maps
-    in NHWC (CUDA autocast)."""
+    """Device, precision and this process's ranks. `channels_last`: NHWC weights in the seg /
+    depth heads' convolutions (CUDA); `owns_group`: `resolve_runtime` created the process group
+    (so the command leaves it at the end)."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
     ranks: Ranks = field(default_factory=Ranks)
     channels_last: bool = False
+    owns_group: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", torch.device(self.device))
@@ -138,8 +140,7 @@ def resolve_runtime(
         torch.cuda.set_device(chosen)
         set_tf32(tf32)
     runtime = Runtime(chosen, precision, ranks, channels_last=channels_last and cuda_device(chosen))
-    join_group(ranks, chosen)
-    return runtime
+    return replace(runtime, owns_group=join_group(ranks, chosen))
 
 
 def set_tf32(enabled: bool) -> None:
@@ -160,14 +161,18 @@ def prepare_model(model: nn.Module, runtime: Runtime) -> nn.Module:
 
     The frozen trunk of vitsplit / linear is cast to the autocast dtype (it runs without
     autograd); with several processes every BatchNorm becomes a synchronised one
-    (`distributed.sync_batch_norm`); with `channels_last`, 4-D weights go NHWC.
+    (`distributed.sync_batch_norm`); with `channels_last`, the convolutions of the seg / depth
+    heads (their 4x-grid upsampling, where convolution time goes) take NHWC weights.
     """
+    from .heads import UpsamplingHead
+
     model.to(runtime.device)
     split = getattr(model, "split", None)
     if runtime.amp_dtype is not None and split is not None:
         split.trunk.model.to(runtime.amp_dtype)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
+    head = getattr(model, "head", None)
+    if runtime.channels_last and isinstance(head, UpsamplingHead):
+        head.to(memory_format=torch.channels_last)
     if runtime.distributed:
         for name, child in model.named_children():
             setattr(model, name, sync_batch_norm(child, runtime.device))

@@ -169,7 +169,8 @@ class DenseTrainRun:
         if self.tracker is not None:
             self.hooks.append(TrackerHook(self.tracker))
         info = {"data": str(self.plan.data), "task": self.plan.task.name,
-                "opts": _jsonable(self.plan.preset.to_dict())}  # fmt: skip
+                "opts": _jsonable(self.plan.preset.to_dict()),
+                "test_scale": self.plan.preset.scale}  # fmt: skip
         self.record = RunRecord(self.ref, self.mean, self.std, self.identity, info)
         if args.eval_every:
             self.hooks.append(EvalHook(self.out, args.eval_every, self.val_set, self.eval_cfg,
