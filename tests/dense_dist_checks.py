@@ -1,10 +1,14 @@
 """Run under ``torchrun --nproc-per-node 2`` by tests/test_dense_distributed.py (not a test file).
 
+    dense_dist_checks.py OUT.json [CHECKPOINT EVAL.json ...]
+
 Each rank holds half of a batch; the checks compare the cross-rank pieces against the same
 computation on the whole batch in one process: `CrossRankBatchNorm` (output, input and weight
 gradients, running statistics), the pooled segmentation cross-entropy and SILog (value; gradient
 as DDP would average it), `mean_across_ranks`, `gather_objects` and `broadcast_object`. Rank 0
-writes the worst relative differences as JSON to the path given.
+writes the worst relative differences as JSON to OUT.json. Then each CHECKPOINT is evaluated by
+the real ``vitsplit-vlm dense eval`` in these two processes (sharded; it uses the group this
+script made), its metrics in EVAL.json.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def check_objects(rank: int) -> dict[str, float]:
     return {"objects_wrong": 0.0 if ok else 1.0}
 
 
-def main(path: str) -> None:
+def main(path: str, evaluations: list[str]) -> None:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     rank = dist.get_rank()
@@ -111,9 +115,13 @@ def main(path: str) -> None:
         merged = {k: max(r[k] for r in worst) for k in results}
         with open(path, "w") as f:
             json.dump(merged, f)
+    from vitsplit_vlm.cli import main as vitsplit_vlm
+
+    for checkpoint, out in zip(evaluations[::2], evaluations[1::2], strict=True):
+        assert vitsplit_vlm(["dense", "eval", "--checkpoint", checkpoint, "--out", out]) == 0
     dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])
