@@ -1,5 +1,10 @@
 """Training step time, peak memory and FLOPs: ViT-Split vs full fine-tuning (paper Tab. 14 idea).
 
+``--tasks seg,depth,det --precisions bf16,fp32`` extend the segmentation measurement below to the
+other tasks (the task's paper input shape and head: depth 416x544 crops and `DepthHead`, det
+1024x1024 images with 8 instances each and Mask R-CNN) and to autocast precisions (the engine's
+`Runtime`: bf16 casts the frozen trunk); `benchmarks/gpu_check.py` runs them on a GPU.
+
 For each backbone size (DINOv2-S / -B by default, random weights built from the public
 architectures), each method (``vitsplit`` with the paper's segmentation layers for the size,
 k=3 n=4 s=2 on S and B; ``full``) and each memory mode (``default``; ``checkpoint-head``: the
@@ -60,10 +65,56 @@ def _deform_flops(model, pixels) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DeformBlock)]
     with torch.no_grad():
-        model(pixels)
+        model.features(pixels)  # the deformable convolutions are the adapter's, not the head's
     for handle in handles:
         handle.remove()
     return total
+
+
+TASK_CLASSES = {"seg": 150, "depth": None, "det": 80}  # ADE20K, NYU, COCO
+
+
+def paper_shape(task: str) -> tuple[int, int]:
+    """(H, W) of a training input in the task's paper recipe (seg / depth crop, det scale)."""
+    from vitsplit_vlm.dense.tasks import get_task
+
+    preset = get_task(task).presets["real"]
+    return tuple(getattr(preset, "crop_size", None) or preset.scale)
+
+
+def synthetic_batch(task: str, batch: int, shape: tuple[int, int], patch: int, device: str):
+    """A random training `Batch` of `task` at `shape` (padded to the patch size): seg labels,
+    depths in metres, or 8 boxes with masks per image."""
+    import torch
+
+    from vitsplit_vlm.dense.datasets import Batch
+    from vitsplit_vlm.dense.transforms import pad_to_multiple
+
+    pixels = pad_to_multiple(torch.randn(batch, 3, *shape, device=device), patch)
+    size = tuple(pixels.shape[-2:])
+    seg = depth = targets = None
+    if task == "seg":
+        seg = torch.randint(0, TASK_CLASSES["seg"], (batch, *size), device=device)
+    elif task == "depth":
+        depth = torch.rand(batch, 1, *size, device=device) * 9.5 + 0.5
+    else:
+        targets = [_instances(size, device) for _ in range(batch)]
+        return Batch(list(pixels), None, None, targets, [{}] * batch, [])
+    return Batch(pixels, seg=seg, depth=depth, targets=targets, metas=[{}] * batch, skipped=[])
+
+
+def _instances(size: tuple[int, int], device: str, count: int = 8) -> dict:
+    import torch
+
+    h, w = size
+    xy = torch.rand(count, 2, device=device) * torch.tensor([w * 0.7, h * 0.7], device=device)
+    wh = torch.rand(count, 2, device=device) * torch.tensor([w * 0.3, h * 0.3], device=device) + 8
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    masks = torch.zeros(count, h, w, dtype=torch.uint8, device=device)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+        masks[i, y1:y2, x1:x2] = 1
+    labels = torch.randint(1, TASK_CLASSES["det"] + 1, (count,), device=device)
+    return {"boxes": boxes, "labels": labels, "masks": masks}
 
 
 def measure(
@@ -74,32 +125,38 @@ def measure(
     steps: int,
     warmup: int,
     batch: int,
-    crop: int,
+    crop: int | None,
     device: str,
+    task: str = "seg",
+    precision: str = "fp32",
+    flops: bool = True,
 ) -> dict:
     """One configuration in this process: seconds per step, peak memory, FLOPs per step."""
     import torch
     from transformers import AutoModel
 
     from vitsplit_vlm.core.presets import backbone_config
-    from vitsplit_vlm.dense.datasets import Batch
     from vitsplit_vlm.dense.engine import TrainConfig, start_training, train_step
     from vitsplit_vlm.dense.model import DenseModel, count_parameters
     from vitsplit_vlm.dense.recipes import dense_spec
+    from vitsplit_vlm.dense.runtime import Runtime, set_tf32
     from vitsplit_vlm.dense.tasks import get_task
-    from vitsplit_vlm.dense.transforms import pad_to_multiple
 
     baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports only
     torch.manual_seed(0)
     trunk = AutoModel.from_config(backbone_config(size)).to(device)
-    task = get_task("seg")
-    spec, _ = dense_spec(task, method, trunk.config, task.presets["real"], num_classes=150)
+    dense_task = get_task(task)
+    spec, _ = dense_spec(dense_task, method, trunk.config, dense_task.presets["real"],
+                         num_classes=TASK_CLASSES[task])  # fmt: skip
     model = DenseModel(trunk, spec).to(device)
     config = TrainConfig(lr=1e-4, checkpoint_head=mode == "checkpoint-head")
-    state = start_training(model, config)  # training mode, head recomputation, AdamW, schedule
-    pixels = pad_to_multiple(torch.randn(batch, 3, crop, crop, device=device), model.patch_size)
-    labels = torch.randint(0, 150, (batch, *pixels.shape[-2:]), device=device)
-    data = Batch(pixels, seg=labels, depth=None, targets=None, metas=[{}] * batch, skipped=[])
+    cuda = device.startswith("cuda")
+    if cuda:
+        set_tf32(True)  # as dense train on CUDA (--tf32, the default)
+    runtime = Runtime(torch.device(device), precision, channels_last=cuda)
+    state = start_training(model, config, runtime)  # device, precision, AdamW, schedule
+    shape = (crop, crop) if crop else paper_shape(task)
+    data = synthetic_batch(task, batch, shape, model.patch_size, device)
 
     def step():
         train_step(state, data)  # the step dense train's loop runs
@@ -125,6 +182,23 @@ def measure(
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_mib
         memory_kind = "peak RSS above the imports, mmap threshold 64 KiB"
+    record = {
+        "size": size, "method": method, "mode": mode, "task": task, "precision": precision,
+        "batch": batch, "input_hw": list(data.images[0].shape[-2:]),
+        "seconds_per_step": statistics.median(times), "step_times": times,
+        "images_per_second": batch / statistics.median(times),
+        "peak_memory_mib": round(peak_mib, 1), "memory_kind": memory_kind,
+        "trainable_params": count_parameters(model)["total"],
+        "split": spec.split.to_dict() if spec.split is not None else None,
+    }  # fmt: skip
+    if flops:
+        record["gflops_per_step"] = round(_step_flops(model, state, data, step) / 1e9, 1)
+    return record
+
+
+def _step_flops(model, state, data, step) -> float:
+    """FLOPs of one training step (the counter + the deformable convolutions it cannot see)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from vitsplit_vlm.core.layers import DeformBlock
@@ -137,32 +211,44 @@ def measure(
     counter = FlopCounterMode(display=False)
     with counter:
         step()
-    deform = _deform_flops(model, pixels) * 3  # forward + backward (2x)
-    return {
-        "size": size,
-        "method": method,
-        "mode": mode,
-        "seconds_per_step": statistics.median(times),
-        "step_times": times,
-        "peak_memory_mib": round(peak_mib, 1),
-        "memory_kind": memory_kind,
-        "gflops_per_step": round((counter.get_total_flops() + deform) / 1e9, 1),
-        "trainable_params": count_parameters(model)["total"],
-        "split": spec.split.to_dict() if spec.split is not None else None,
-    }
+    pixels = torch.stack(data.images) if isinstance(data.images, list) else data.images
+    with state.runtime.autocast():
+        deform = _deform_flops(model, pixels) * 3  # forward + backward (2x)
+    return counter.get_total_flops() + deform
 
 
-def _child(args: argparse.Namespace, size: str, method: str, mode: str) -> dict:
+Config = tuple[str, str, str, str, str]  # (size, method, mode, task, precision)
+
+
+def _child(args: argparse.Namespace, config: Config) -> dict:
     cmd = [
-        sys.executable, __file__, "--child", f"{size}:{method}:{mode}", "--steps", str(args.steps),
-        "--warmup", str(args.warmup), "--batch", str(args.batch), "--crop", str(args.crop),
-        "--device", args.device, "--threads", str(args.threads),
+        sys.executable, __file__, "--child", ":".join(config), "--steps", str(args.steps),
+        "--warmup", str(args.warmup), "--batch", str(args.batch), "--device", args.device,
+        "--threads", str(args.threads),
+        *(["--crop", str(args.crop)] if args.crop else []), *([] if args.flops else ["--no-flops"]),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{size}/{method}/{mode} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{'/'.join(config)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_configs(args: argparse.Namespace, groups: list[tuple[str, str, str, str]]) -> list[dict]:
+    """Both methods of every (size, mode, task, precision) group, each in its own process, in
+    `args.rounds` alternating rounds; one merged record per configuration."""
+    configs = [(size, method, mode, task, prec) for size, mode, task, prec in groups
+               for method in METHODS]  # fmt: skip
+    runs: dict[Config, list[dict]] = {c: [] for c in configs}
+    for round_index in range(args.rounds):
+        for config in configs:
+            r = _child(args, config)
+            runs[config].append(r)
+            flops = f"  {r['gflops_per_step']:.0f} GFLOPs" if "gflops_per_step" in r else ""
+            print(f"round {round_index + 1}/{args.rounds}  {':'.join(config):44} "
+                  f"{r['seconds_per_step']:.3f} s/step  {r['images_per_second']:.1f} img/s  "
+                  f"{r['peak_memory_mib']:.0f} MiB{flops}", flush=True)  # fmt: skip
+    return [_merge(runs[c]) for c in configs]
 
 
 def _merge(runs: list[dict]) -> dict:
@@ -175,6 +261,7 @@ def _merge(runs: list[dict]) -> dict:
     merged["round_medians"] = [statistics.median(r["step_times"]) for r in runs]
     merged["step_times"] = [t for r in runs for t in r["step_times"]]
     merged["seconds_per_step"] = min(merged["round_medians"])
+    merged["images_per_second"] = merged["batch"] / merged["seconds_per_step"]
     merged["peak_memory_per_round"] = [r["peak_memory_mib"] for r in runs]
     merged["peak_memory_mib"] = max(merged["peak_memory_per_round"])
     return merged
@@ -187,19 +274,23 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = list(dict.fromkeys((r["size"], r["mode"]) for r in results))
-    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 3.8))
-    panels = (
+    groups = list(dict.fromkeys(_group(r) for r in results))
+    panels = [
         ("seconds_per_step", "s / training step"),
         ("peak_memory_mib", f"peak memory, MiB ({results[0]['memory_kind']})"),
         ("gflops_per_step", "GFLOPs / training step"),
+    ]
+    panels = [p for p in panels if all(p[0] in r for r in results)]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(max(4.2, 0.9 * len(groups)) * len(panels), 3.8)
     )
     for ax, (key, title) in zip(axes, panels, strict=True):
         for j, method in enumerate(METHODS):
-            values = [_find(results, size, method, mode)[key] for size, mode in groups]
+            values = [_find(results, size, method, mode, task, prec)[key]
+                      for size, mode, task, prec in groups]  # fmt: skip
             xs = [i + (j - 0.5) * 0.38 for i in range(len(groups))]
             ax.bar(xs, values, width=0.38, label=method)
-        labels = [f"{size}\n{mode}" for size, mode in groups]
+        labels = ["\n".join(v for v in g if v not in ("seg", "fp32", "default")) for g in groups]
         ax.set_xticks(range(len(groups)), labels, fontsize=8)
         ax.set_title(title, fontsize=10)
     axes[0].legend()
@@ -207,24 +298,46 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _find(results: list[dict], size: str, method: str, mode: str) -> dict:
-    return next(r for r in results if (r["size"], r["method"], r["mode"]) == (size, method, mode))
+def _group(r: dict) -> tuple[str, str, str, str]:
+    return r["size"], r["mode"], r.get("task", "seg"), r.get("precision", "fp32")
 
 
-def ratios_for(results: list[dict], size: str, mode: str) -> dict:
-    vit, full = _find(results, size, "vitsplit", mode), _find(results, size, "full", mode)
+def _find(
+    results: list[dict], size: str, method: str, mode: str, task: str = "seg",
+    precision: str = "fp32",
+) -> dict:  # fmt: skip
+    want = (size, mode, task, precision)
+    return next(r for r in results if _group(r) == want and r["method"] == method)
+
+
+def ratios_for(
+    results: list[dict], size: str, mode: str, task: str = "seg", precision: str = "fp32"
+) -> dict:
+    """ViT-Split over full fine-tuning: time, memory (and FLOPs when counted)."""
+    vit = _find(results, size, "vitsplit", mode, task, precision)
+    full = _find(results, size, "full", mode, task, precision)
     time_ratio = vit["seconds_per_step"] / full["seconds_per_step"]
-    flop_ratio = vit["gflops_per_step"] / full["gflops_per_step"]
     memory_ratio = vit["peak_memory_mib"] / full["peak_memory_mib"]
-    return {
+    out = {
         "time_vitsplit_over_full": round(time_ratio, 4),
-        "flops_vitsplit_over_full": round(flop_ratio, 4),
         "memory_vitsplit_over_full": round(memory_ratio, 4),
         "speedup": round(1 / time_ratio, 4),
-        "flop_ratio_ceiling": round(1 / flop_ratio, 4),
-        "speedup_over_flop_ratio": round(flop_ratio / time_ratio, 4),
+        "images_per_second_vitsplit_full": [
+            round(vit["images_per_second"], 2),
+            round(full["images_per_second"], 2),
+        ],  # fmt: skip
         "memory_saving": round(1 - memory_ratio, 4),
     }
+    if "gflops_per_step" in vit and "gflops_per_step" in full:
+        flop_ratio = vit["gflops_per_step"] / full["gflops_per_step"]
+        out["flops_vitsplit_over_full"] = round(flop_ratio, 4)
+        out["flop_ratio_ceiling"] = round(1 / flop_ratio, 4)
+        out["speedup_over_flop_ratio"] = round(flop_ratio / time_ratio, 4)
+    return out
+
+
+def ratio_key(size: str, mode: str, task: str, precision: str) -> str:
+    return f"{task}/{size}/{precision}/{mode}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per config")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--crop", type=int, default=None,
+                        help="square input side (default: the task's paper shape, seg 512)")  # fmt: skip
+    parser.add_argument("--tasks", default="seg", help="subset of seg,depth,det")
+    parser.add_argument("--precisions", default="fp32", help="subset of fp32,bf16,fp16")
+    parser.add_argument("--no-flops", dest="flops", action="store_false",
+                        help="skip counting FLOPs (one extra step per configuration)")  # fmt: skip
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dense_speed"))
@@ -246,30 +364,29 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.child:
-        size, method, mode = args.child.split(":")
-        opts = dict(steps=args.steps, warmup=args.warmup, batch=args.batch, crop=args.crop)
+        size, method, mode, task, precision = args.child.split(":")
+        opts = dict(steps=args.steps, warmup=args.warmup, batch=args.batch, crop=args.crop,
+                    task=task, precision=precision, flops=args.flops)  # fmt: skip
         print(json.dumps(measure(size, method, mode, device=args.device, **opts)))
         return 0
     sizes, modes = args.sizes.split(","), args.modes.split(",")
+    tasks, precisions = args.tasks.split(","), args.precisions.split(",")
     if unknown := set(modes) - set(MODES):
         parser.error(f"--modes: unknown {sorted(unknown)}; choose from {MODES}")
-    configs = [(size, method, mode) for size in sizes for mode in modes for method in METHODS]
-    runs: dict[tuple[str, str, str], list[dict]] = {c: [] for c in configs}
-    for round_index in range(args.rounds):
-        for config in configs:
-            r = _child(args, *config)
-            runs[config].append(r)
-            print(f"round {round_index + 1}/{args.rounds}  {':'.join(config):34} "
-                  f"{r['seconds_per_step']:.2f} s/step  {r['peak_memory_mib']:.0f} MiB  "
-                  f"{r['gflops_per_step']:.0f} GFLOPs", flush=True)  # fmt: skip
-    results = [_merge(runs[c]) for c in configs]
-    ratios = {f"{size}/{mode}": ratios_for(results, size, mode) for size in sizes for mode in modes}
+    if unknown := set(tasks) - set(TASK_CLASSES):
+        parser.error(f"--tasks: unknown {sorted(unknown)}; choose from {tuple(TASK_CLASSES)}")
+    groups = [(size, mode, task, prec) for task in tasks for size in sizes for prec in precisions
+              for mode in modes]  # fmt: skip
+    results = run_configs(args, groups)
+    ratios = {ratio_key(*g): ratios_for(results, *g) for g in groups}
     report = {
         "setup": {
             "device": args.device, "threads": args.threads, "batch": args.batch, "crop": args.crop,
             "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,
             "torch": torch.__version__, "machine": platform.machine(),
-            "task": "seg, 150 classes, the paper's layers per size (S/B: k=3 n=4 s=2)",
+            "tasks": "the paper's layers per task and size; seg 150 classes (512 crops), depth "
+            "(416x544 crops), det 80 classes (1024x1024, 8 instances per image)",
+            "precisions": precisions,
         },
         "results": results,
         "ratios": ratios,

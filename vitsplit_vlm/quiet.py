@@ -28,6 +28,12 @@ THIRD_PARTY_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
         r"'pin_memory' argument is set as true but no accelerator is found",
         r"torch\.utils\.data\.dataloader\Z",
     ),
+    # wandb's own error reporter reads a setting wandb deprecated: once per tracker call.
+    (
+        DeprecationWarning,
+        r"Read the `app_url` setting from the appropriate Settings object",
+        r"wandb\.analytics\.sentry\Z",
+    ),
 )
 
 

@@ -174,10 +174,16 @@ def load_dense_model(
     if spec.method != "full":
         check_trunk(payload, trunk, source=str(path), trunk_path=source, found=trunk_fingerprint)
     model = DenseModel(trunk, spec)
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    load_trainable_state(model, payload["state_dict"], source=str(path))
+    return model.eval(), payload
+
+
+def load_trainable_state(model: DenseModel, state_dict: dict, *, source: str) -> None:
+    """Load `trainable_state_dict`'s output into `model` (in place); any other mismatch than the
+    frozen trunk's keys is a ``ValueError`` naming `source`."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
     if missing or unexpected:
         raise ValueError(
-            f"{path}: state dict mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            f"{source}: state dict mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    return model.eval(), payload

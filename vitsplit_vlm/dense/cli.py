@@ -6,6 +6,8 @@
     vitsplit-vlm dense eval --checkpoint runs/ade-s/checkpoint.pt [--data ROOT]
     vitsplit-vlm dense predict --checkpoint runs/ade-s/checkpoint.pt --images DIR --out preds/
     vitsplit-vlm dense predict --adapters seg.pt,depth.pt,det.pt --images DIR --out preds/
+    torchrun --nproc-per-node 8 -m vitsplit_vlm dense train --task seg ... --precision bf16 \
+        --global-batch 16 --save-every 2000 --resume auto --eval-every 4000
 
 ``dense train`` needs ``--backbone`` and ``--data``, except with ``--preset playground``, which
 fills a missing one with the tiny DINOv2 of ``make-tiny`` (built if missing) or the task's
@@ -15,11 +17,17 @@ on real data, a few-minute CPU run on playground sets (``--preset auto`` tells t
 the data); every flag given overrides one value. The ViT-Split settings start from the paper's
 layers for the task and trunk, and each `ViTSplitConfig` flag (`vitsplit_vlm.core.flags`)
 overrides one field. Task flags come from the registered tasks; a task rejects another's.
+
+Several processes run through torchrun + DDP (`vitsplit_vlm.dense.runtime`): ``--global-batch``
+is split over processes and ``--accumulation`` steps, evaluation is sharded; only rank 0 prints
+and writes files. ``--save-every`` / ``--resume`` / ``--eval-every`` / ``--report-to`` are the long
+run's services (`vitsplit_vlm.dense.longrun`, `vitsplit_vlm.dense.resume`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -33,10 +41,8 @@ from .model import METHODS
 from .recipes import (
     PRESET_CHOICES,
     build_dataset,
-    dense_spec,
     eval_config,
     first_size,
-    normalization,
     preset_kind,
 )
 from .tasks import TASKS, DenseTask, Preset, TaskOption, get_task
@@ -103,7 +109,52 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=0, help="head init, shuffling and augmentation")
     p.add_argument("--log-every", type=int, default=50, help="log a JSON line every N steps")
+    _add_device(p)
+    _add_long_run(p)
     _add_common(p)
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    from .runtime import DEVICES, PRECISIONS
+
+    g = p.add_argument_group(
+        "devices and processes",
+        "Several processes: torchrun --nproc-per-node N -m vitsplit_vlm dense ... (one per GPU, "
+        "nccl; or N CPU processes, gloo); multi-node through torchrun's own flags.",
+    )
+    g.add_argument("--device", default="auto", choices=DEVICES,
+                   help="auto: CUDA when a GPU is visible (cuda:LOCAL_RANK under torchrun)")  # fmt: skip
+    g.add_argument(
+        "--precision", default="fp32", choices=PRECISIONS,
+        help="bf16 / fp16: autocast, the frozen trunk cast to it; fp16 adds a gradient scaler "
+        "(CUDA only)",
+    )  # fmt: skip
+    g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="CUDA: TF32 matmuls / convolutions in fp32")  # fmt: skip
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="CUDA: NHWC weights in the seg / depth heads' convolutions")  # fmt: skip
+
+
+def _add_long_run(p: argparse.ArgumentParser) -> None:
+    from .longrun import REPORT_TO
+
+    g = p.add_argument_group("long runs")
+    g.add_argument("--accumulation", type=int, default=1,
+                   help="micro-steps per optimiser step (global batch = per device x processes "
+                   "x this)")  # fmt: skip
+    g.add_argument("--save-every", type=int, default=0,
+                   help="resumable checkpoint every N steps in OUT/checkpoints (0: none)")  # fmt: skip
+    g.add_argument("--keep-last", type=int, default=0,
+                   help="keep the newest N resumable checkpoints (0: all)")  # fmt: skip
+    g.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue from the newest complete checkpoint in OUT (auto) or PATH")  # fmt: skip
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate every N steps (OUT/eval_log.jsonl), best in OUT/best.pt")  # fmt: skip
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar with ETA on stderr (default: when it is a terminal)")  # fmt: skip
+    g.add_argument("--report-to", default="none", choices=REPORT_TO,
+                   help="also log to TensorBoard (OUT/tensorboard) or W&B (offline unless "
+                   "WANDB_MODE=online)")  # fmt: skip
 
 
 def _add_schedule(p: argparse.ArgumentParser) -> None:
@@ -111,7 +162,10 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
     preset = "default: the task's preset"
     g = p.add_argument_group("training recipe", f"Each flag overrides one value ({preset}).")
     g.add_argument("--iters", type=int, help="optimiser steps")
-    g.add_argument("--batch-size", type=int, help="images per step")
+    g.add_argument(
+        "--global-batch", "--batch-size", dest="batch_size", type=int,
+        help="images per optimiser step over all processes and --accumulation steps",
+    )  # fmt: skip
     g.add_argument("--lr", type=float, help="AdamW base lr")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay")
     g.add_argument(
@@ -169,6 +223,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-mode", choices=SEG_MODES, help="seg inference (default: the run's)")
     p.add_argument("--max-eval-images", type=int, default=None, help="evaluate on the first N")
     p.add_argument("--out", type=Path, default=None, help="also write the metrics JSON here")
+    _add_device(p)
     _add_common(p)
 
 
@@ -284,7 +339,7 @@ def _load_split(
     *,
     train: bool,
     seed: int = 0,
-    action: str = "train",
+    action: str = "eval",
 ):
     """`build_dataset`, with a wrong layout or an unusable set as one line naming the cause."""
     try:
@@ -293,102 +348,81 @@ def _load_split(
         raise _usage_error(err, action) from None
 
 
-def _build_model(args: argparse.Namespace, plan: TrainPlan, train_set):
-    """(model, trunk reference) through `dense_spec`, the factory benchmarks share."""
-    import torch
+def _runtime(args: argparse.Namespace, command: str):
+    """The `Runtime` of ``--device`` / ``--precision`` (joins torchrun's process group)."""
+    from .runtime import resolve_runtime
 
-    from .checkpoint import TrunkRef, fingerprint, load_trunk
-    from .model import DenseModel
-
-    trunk = load_trunk(plan.backbone)
     try:
-        spec, origin = dense_spec(
-            plan.task, args.method, trunk.config, plan.preset, overrides=flags.overrides(args),
-            num_classes=getattr(train_set, "num_classes", None),
-            class_names=getattr(train_set, "class_names", None),
-        )  # fmt: skip
+        return resolve_runtime(args.device, args.precision, tf32=args.tf32,
+                               channels_last=args.channels_last)  # fmt: skip
     except ValueError as err:
-        raise _usage_error(err) from None
-    if args.method == "vitsplit":
-        cfg = spec.split
-        print(f"layers: k={cfg.k} n={cfg.n} s={cfg.s} ({origin} unless given as flags)")
-    c = trunk.config
-    ref = TrunkRef(str(plan.backbone), fingerprint(trunk), c.model_type, c.num_hidden_layers,
-                   c.hidden_size)  # fmt: skip
-    torch.manual_seed(args.seed)
-    return DenseModel(trunk, spec), ref
+        raise SystemExit(f"vitsplit-vlm dense {command}: error: {err}") from None
 
 
-def _train_config(args: argparse.Namespace, preset: Preset):
-    from .engine import TrainConfig
+@contextlib.contextmanager
+def _session(runtime):
+    """Ranks other than 0 print nothing; a process group the command created is left at the end
+    (after a barrier when every rank got there, at once after an error)."""
+    import torch.distributed as dist
 
-    return TrainConfig(
-        iters=preset.iters, batch_size=preset.batch_size, lr=preset.lr,
-        weight_decay=preset.weight_decay, task_head_lr_mult=args.task_head_lr_mult,
-        schedule=preset.schedule, warmup_iters=preset.warmup_iters, grad_clip=preset.grad_clip,
-        checkpoint_head=args.checkpoint_head, num_workers=args.workers, seed=args.seed,
-        log_every=args.log_every,
-    )  # fmt: skip
+    quiet = open(os.devnull, "w") if not runtime.is_main else None
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            yield
+    except BaseException:
+        if runtime.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    finally:
+        if quiet is not None:
+            quiet.close()
+    if runtime.owns_group:
+        from .distributed import leave_group
+
+        leave_group()
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from .checkpoint import save_checkpoint
-    from .engine import evaluate, train
-    from .model import count_parameters
+def _plan_main_first(args: argparse.Namespace, runtime) -> TrainPlan:
+    """`plan_train` on rank 0 first (it may build the playground), then on the other ranks."""
+    from .distributed import barrier
 
+    if not runtime.is_main:
+        barrier()
     try:
         plan = plan_train(args)
     except ValueError as err:
         raise _usage_error(err) from None
-    task, preset, data, out = plan.task, plan.preset, plan.data, plan.out
-    out.mkdir(parents=True, exist_ok=True)
-    mean, std = normalization(plan.backbone)
-    train_set = _load_split(task, data, "train", preset, mean, std, train=True, seed=args.seed)
-    model, ref = _build_model(args, plan, train_set)
-    cfg = _train_config(args, preset)
-    params = count_parameters(model)
-    val_set = eval_cfg = untrained = None
-    if args.eval_untrained or not args.no_eval:
-        val_set = _load_split(task, data, "val", preset, mean, std, train=False)
-        eval_cfg = eval_config(task, preset, first_size(val_set), max_images=args.max_eval_images)
-    if args.eval_untrained:  # the baseline for "metrics improve over the untrained model"
-        untrained = evaluate(model, val_set, eval_cfg)
-        print(f"untrained: {json.dumps(_summary(untrained))}")
-    print(f"{task.name} / {args.method} on {plan.backbone} ({ref.fingerprint}); data {data} "
-          f"({plan.kind})")  # fmt: skip
-    print(f"trainable parameters: {json.dumps(params)}")
-    with open(out / "train_log.jsonl", "w") as log_file:
+    if runtime.is_main:
+        barrier()
+    return plan
 
-        def log(line: str) -> None:
-            print(line)
-            log_file.write(line + "\n")
-            log_file.flush()
 
-        result = train(model, train_set, cfg, log=log)
-    print(result.skips.summary())
-    opts = {**preset.to_dict(), "max_eval_images": args.max_eval_images}
-    info = {
-        "data": str(data), "task": task.name, "train": cfg.__dict__, "opts": _jsonable(opts),
-        "test_scale": preset.scale, "steps": result.steps, "seconds": round(result.seconds, 1),
-        "first_loss": result.first_loss, "last_loss": result.last_loss,
-        "skipped": result.skips.as_dict(), "params": params,
-    }  # fmt: skip
-    if untrained is not None:
-        info["eval_untrained"] = untrained
-    ckpt = save_checkpoint(out / "checkpoint.pt", model, trunk=ref, mean=mean, std=std, info=info)
-    print(f"checkpoint: {ckpt}")
-    if not args.no_eval:
-        metrics = evaluate(model, val_set, eval_cfg)
-        info["eval"] = metrics
-        print(json.dumps(_summary(metrics)))
-    (out / "metrics.json").write_text(json.dumps(_jsonable(info), indent=1) + "\n")
-    return 0
+def run_train(args: argparse.Namespace) -> int:
+    from ..quiet import quiet_third_party
+    from .resume import ResumeError
+    from .trainer import DenseTrainRun, UsageError
+
+    quiet_third_party()  # known third-party warnings that would repeat in long runs
+    runtime = _runtime(args, "train")
+    with _session(runtime):
+        plan = _plan_main_first(args, runtime)
+        try:
+            return DenseTrainRun(args, plan, runtime).run()
+        except (UsageError, ResumeError) as err:
+            raise _usage_error(err) from None
 
 
 # --------------------------------------------------------------------------- eval, predict
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Metrics of a checkpoint; sharded over processes under torchrun (rank 0 prints / writes)."""
+    runtime = _runtime(args, "eval")
+    with _session(runtime):
+        return _evaluate_checkpoint(args, runtime)
+
+
+def _evaluate_checkpoint(args: argparse.Namespace, runtime) -> int:
     from .checkpoint import load_dense_model
     from .engine import evaluate
 
@@ -406,10 +440,12 @@ def run_eval(args: argparse.Namespace) -> int:
         task, data, "val", preset, norm["mean"], norm["std"], train=False, action="eval"
     )
     cfg = eval_config(task, preset, first_size(val_set), max_images=args.max_eval_images)
-    metrics = evaluate(model, val_set, cfg)
+    metrics = evaluate(model, val_set, cfg, runtime=runtime)
+    if runtime.distributed:
+        print(f"evaluated in {runtime.world_size} processes ({runtime.device.type})")
     text = json.dumps(_jsonable(metrics), indent=1)
     print(json.dumps(_summary(metrics)))
-    if args.out:
+    if args.out and runtime.is_main:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     return 0

@@ -90,6 +90,19 @@ class SkipLog:
         for item in items:
             self.add(item)
 
+    def merge(self, other: SkipLog) -> None:
+        """Add another log's counts and examples (e.g. another process's)."""
+        self.counts.update(other.counts)
+        for reason, shown in other.examples.items():
+            mine = self.examples.setdefault(reason, [])
+            mine.extend(shown[: max(0, self.keep_examples - len(mine))])
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SkipLog:
+        """Read `as_dict`'s output."""
+        examples = {reason: list(paths) for reason, paths in data.get("examples", {}).items()}
+        return cls(Counter(data.get("counts", {})), examples)
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())
@@ -122,12 +135,16 @@ class Item:
 
 @dataclass
 class Batch:
+    """`sharded`: this is one process's shard of a global batch (set by the engine under DDP);
+    losses that pool over the batch pool over every shard (`vitsplit_vlm.dense.losses`)."""
+
     images: torch.Tensor | list[torch.Tensor]  # (B, 3, H, W), or a list when sizes differ
     seg: torch.Tensor | None
     depth: torch.Tensor | None
     targets: list[dict] | None
     metas: list[dict]
     skipped: list[Skipped]
+    sharded: bool = False
 
     def __len__(self) -> int:
         return len(self.metas)

@@ -2,6 +2,11 @@
 
 Both follow the toolboxes the paper trains with (MMSegmentation, Monocular-Depth-Estimation-
 Toolbox), so a loss value here means the same as a value in their logs.
+
+Both pool over the whole batch (labelled pixels, valid depths). With ``sharded=True`` the batch is
+one process's shard of a global batch (`DenseDataset` batches under DDP): each process returns a
+loss whose mean over the processes is the global batch's loss and whose gradient, averaged over
+the processes as DDP does, is the global loss's gradient, so N processes train as one would.
 """
 
 from __future__ import annotations
@@ -10,27 +15,49 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .distributed import sum_across_ranks
+
 IGNORE_INDEX = 255
 
 
 def seg_loss(
-    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    sharded: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy over labelled pixels.
 
     Args:
         logits: (B, K, h, w) at any resolution; resized bilinearly to the label size.
         labels: (B, H, W) int64 in ``0..K-1`` or `ignore_index`.
+        sharded: the batch is one process's shard; the mean runs over every process's labelled
+            pixels (see the module doc).
 
     Returns a scalar; 0 (with a graph) when every pixel is ignored, never NaN. Low-resolution
     logits go through `UpsampledCrossEntropy`: the same value and gradient as
     ``cross_entropy(interpolate(logits), labels)``, without keeping (B, K, H, W) tensors alive.
     """
+    if sharded:
+        return _pooled_seg_loss(logits, labels, ignore_index)
     if not (labels != ignore_index).any():
         return logits.sum() * 0.0
     if logits.shape[-2:] != labels.shape[-2:]:
         return UpsampledCrossEntropy.apply(logits, labels, ignore_index)
     return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+
+
+def _pooled_seg_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """This shard's mean x (its labelled pixels / all shards' labelled pixels) x world size: the
+    shards' losses average to the global mean, their gradients too."""
+    local = seg_loss(logits, labels, ignore_index=ignore_index)
+    count = (labels != ignore_index).sum().to(torch.float64)
+    total = sum_across_ranks(count.clone())
+    if total == 0:
+        return local
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    return local * (count / total * world).to(local.dtype)
 
 
 class UpsampledCrossEntropy(torch.autograd.Function):
@@ -129,13 +156,34 @@ class SILogLoss(nn.Module):
             valid &= target <= self.max_depth
         return valid
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, *, sharded: bool = False
+    ) -> torch.Tensor:
         """pred (B, 1, h, w) positive depth (resized bilinearly to the target), target
-        (B, 1, H, W) metres with 0 = no measurement -> scalar (0 with a graph if nothing is valid)."""
+        (B, 1, H, W) metres with 0 = no measurement -> scalar (0 with a graph if nothing is
+        valid). `sharded`: pool over every process's valid pixels (see the module doc)."""
+        pred = pred.float()  # a no-op in fp32; under autocast, logs of bf16 depths are too coarse
         if pred.shape[-2:] != target.shape[-2:]:
             pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
         valid = self.valid_mask(target)
+        if sharded:
+            return self._pooled(pred, target, valid)
         if valid.sum() < 2:  # the unbiased variance needs two pixels
             return pred.sum() * 0.0
         g = torch.log(pred[valid] + self.eps) - torch.log(target[valid] + self.eps)
         return self.weight * torch.sqrt(torch.var(g) + 0.15 * g.mean() ** 2)
+
+    def _pooled(
+        self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of the global batch from the shards' (count, sum g, sum g^2), in float64.
+        Every rank returns the same value; the sum's backward hands each rank its share."""
+        g = (torch.log(pred[valid] + self.eps) - torch.log(target[valid] + self.eps)).double()
+        count = g.new_tensor([g.numel()])
+        stats = sum_across_ranks(torch.cat([count, g.sum().view(1), (g * g).sum().view(1)]))
+        n, s1, s2 = stats[0], stats[1], stats[2]
+        if n < 2:
+            return pred.sum() * 0.0
+        mean = s1 / n
+        var = (s2 - s1 * mean) / (n - 1)
+        return (self.weight * torch.sqrt(var + 0.15 * mean**2)).float()

@@ -100,7 +100,9 @@ class DepthMetric:
     Valid pixels: ``min_depth < gt < max_depth`` (and inside `crop` when given, a
     ``(top, bottom, left, right)`` box such as NYU's Eigen crop). Predictions are clamped to
     ``[min_depth, max_depth]`` first (BTS / AdaBins convention). An image without valid pixels
-    is counted in `empty` and left out.
+    is counted in `empty` and left out. `per_image` keeps each image's errors (in `DEPTH_KEYS`
+    order) so that `merge` adds them one by one: shards merged in image order give the one-pass
+    sums bit for bit.
     """
 
     min_depth: float = 1e-3
@@ -109,6 +111,7 @@ class DepthMetric:
     sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(DEPTH_KEYS, 0.0))
     count: int = 0
     empty: int = 0
+    per_image: list[tuple[float, ...]] = field(default_factory=list)
 
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         """pred, gt: (B, 1, H, W) or (B, H, W) metres, same shape; gt 0 = no measurement."""
@@ -127,15 +130,24 @@ class DepthMetric:
                 self.empty += 1
                 continue
             errors = depth_errors(p[valid].clamp(self.min_depth, self.max_depth), g[valid])
-            for key, value in errors.items():
-                self.sums[key] += value
-            self.count += 1
+            self._add(tuple(errors[key] for key in DEPTH_KEYS))
+
+    def _add(self, values: tuple[float, ...]) -> None:
+        for key, value in zip(DEPTH_KEYS, values, strict=True):
+            self.sums[key] += value
+        self.count += 1
+        self.per_image.append(values)
 
     def merge(self, other: DepthMetric) -> None:
-        """Add another accumulator's per-image sums and counts, e.g. from another shard."""
-        for key in DEPTH_KEYS:
-            self.sums[key] += other.sums[key]
-        self.count += other.count
+        """Add another accumulator's images, e.g. from another shard: image by image (the order a
+        single pass would have added them, when shards are merged in image order)."""
+        if len(other.per_image) != other.count:  # sums without per-image values: add the sums
+            for key in DEPTH_KEYS:
+                self.sums[key] += other.sums[key]
+            self.count += other.count
+        else:
+            for values in other.per_image:
+                self._add(values)
         self.empty += other.empty
 
     def compute(self) -> dict[str, float]:

@@ -142,6 +142,8 @@ class DenseTask:
     needs_classes: ClassVar[bool] = False  # DenseSpec.num_classes must be positive
     # names a ``--dataset`` task option chooses from (the first is the default); () = one layout
     data_sets: ClassVar[tuple[str, ...]] = ()
+    # the metric `dense train --eval-every` keeps the best checkpoint by: (key, "max" | "min")
+    best_metric: ClassVar[tuple[str, str] | None] = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -206,7 +208,11 @@ class DenseTask:
 
     # ---- training --------------------------------------------------------------------------
     def loss(self, model: DenseModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Forward one training batch: (scalar loss, its parts as floats, "loss" first)."""
+        """Forward one training batch: (scalar loss, its parts as floats, "loss" first).
+
+        Under DDP `batch` is one process's shard (``batch.sharded``): a loss that pools over the
+        batch should pool over every shard (``sharded=`` of `vitsplit_vlm.dense.losses`); a
+        per-image mean needs nothing, as DDP averages the processes' gradients."""
         raise NotImplementedError
 
     def train_transforms(self, preset: Preset) -> list:

@@ -86,6 +86,7 @@ class DepthTask(MapTask):
         TaskOption("depth_scale", "depth PNG units per metre (default 1000)", float),
         TaskOption("eval_crop", "NYU Eigen crop (auto: when images are 480x640)", None, EVAL_CROPS),
     )
+    best_metric = ("rmse", "min")
 
     def spec_fields(self, preset: DepthPreset) -> dict:
         return {"max_depth": preset.max_depth}
@@ -94,7 +95,8 @@ class DepthTask(MapTask):
         return DepthHead(channels, min_depth=spec.min_depth)
 
     def loss(self, model, batch):
-        loss = SILogLoss(max_depth=model.spec.max_depth)(model(batch.images), batch.depth)
+        silog = SILogLoss(max_depth=model.spec.max_depth)
+        loss = silog(model(batch.images), batch.depth, sharded=batch.sharded)
         return loss, {"loss": float(loss.detach())}
 
     def train_transforms(self, preset: DepthPreset) -> list:

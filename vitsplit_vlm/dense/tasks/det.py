@@ -93,6 +93,7 @@ class DetTask(DenseTask):
         TaskOption("roi_batch", "RoIs sampled per image (COCO 512)", int),
     )
     needs_classes = True
+    best_metric = ("bbox_mAP", "max")
 
     def check_extra(self, extra) -> None:
         unknown = sorted(set(extra) - set(SPEC_EXTRA_KEYS))

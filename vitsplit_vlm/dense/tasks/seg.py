@@ -86,6 +86,7 @@ class SegTask(MapTask):
     )
     needs_classes = True
     head_resolution_output = True  # seg_loss resizes the 4x-grid logits itself
+    best_metric = ("mIoU", "max")
 
     # ---- the data set ----------------------------------------------------------------------
     @staticmethod
@@ -109,7 +110,7 @@ class SegTask(MapTask):
         return SegHead(channels, spec.num_classes)
 
     def loss(self, model, batch):
-        loss = seg_loss(model(batch.images, resize=False), batch.seg)
+        loss = seg_loss(model(batch.images, resize=False), batch.seg, sharded=batch.sharded)
         return loss, {"loss": float(loss.detach())}
 
     def train_transforms(self, preset: SegPreset) -> list:
