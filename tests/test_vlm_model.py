@@ -178,3 +178,29 @@ def test_trunk_skips_last_block_in_vlm(built):
         for h in handles:
             h.remove()
     assert calls == [0, 1, 2]  # penultimate state: block 3 never runs
+
+
+# --------------------------------------------------------------------------- HF model contract
+
+
+def _task_head_grads(model, batch) -> dict[str, torch.Tensor | None]:
+    model.zero_grad()
+    model(**batch).loss.backward()
+    return {n: p.grad for n, p in model.connector.heads.task_head.named_parameters()}
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpointing_keeps_task_head_gradients(vlm_dir, reentrant):
+    """The task head reads a frozen hidden state: under reentrant checkpointing it got no grads."""
+    model = AutoModelForImageTextToText.from_pretrained(vlm_dir).train()
+    from types import SimpleNamespace
+
+    batch = dict(inputs(SimpleNamespace(processor=AutoProcessor.from_pretrained(vlm_dir))))
+    batch["labels"] = batch["input_ids"].clone()
+    plain = _task_head_grads(model, batch)
+    model.activation_checkpointing_enable({"use_reentrant": reentrant})
+    checkpointed = _task_head_grads(model, batch)
+    assert all(g is not None and g.abs().sum() > 0 for g in plain.values())
+    for name, grad in checkpointed.items():
+        assert grad is not None, name
+        assert torch.equal(grad, plain[name]), name
