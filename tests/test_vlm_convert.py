@@ -558,3 +558,100 @@ def test_cli_convert_and_refusals(tiny, tmp_path, capsys):
         main([*argv[:-1], str(tmp_path / "out2")])
     with pytest.raises(SystemExit, match=r"writes mlp2x_gelu models only"):
         main(["convert", "--to", "llava-hf", str(tmp_path / "out"), "--out", str(tmp_path / "hf")])
+
+
+# --------------------------------------------------------------------------- prompts as LLaVA's
+
+
+def llava_prompt_ids(prompt: str, tokenizer) -> list[int]:
+    """LLaVA's `tokenizer_image_token` (llava/mm_utils.py): each text chunk around ``<image>``
+    tokenized on its own, BOS kept once, -200 where an image stands."""
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    ids = [chunks[0][0]] if chunks[0][:1] == [tokenizer.bos_token_id] else []
+    offset = len(ids)
+    for i, chunk in enumerate(chunks):
+        if i:
+            ids.append(IMAGE_TOKEN_INDEX)
+        ids += chunk[offset:]
+    return ids
+
+
+QUESTIONS = (  # LLaVA-1.5's eval prompt suffixes (VQAv2 / GQA, POPE, MMBench-style)
+    "What is the color of the bus?\nAnswer the question using a single word or phrase.",
+    "Is there a dog in the image? Answer the question using a single word or phrase.",
+    "Which shape is red?\nA. circle\nB. square\nAnswer with the option's letter from the given "
+    "choices directly.",
+)
+
+
+@pytest.mark.parametrize("source_legacy", [False, True], ids=["legacy-false", "legacy-true"])
+def test_converted_prompts_are_llavas_ids_on_the_real_llama_tokenizer(
+    llama_tokenizer_dir, tmp_path, source_legacy
+):
+    """LLaVA-1.5 / Vicuna v1.5's real tokenizer: a converted model's processor and training /
+    eval tokenization give exactly LLaVA's ids for its single-round prompts, whatever the
+    source's `legacy` flag; in later rounds a `legacy: false` source differs after `</s>`."""
+    from transformers import AutoProcessor, AutoTokenizer, LlamaConfig
+
+    from vitsplit_vlm.vlm.builder import prepare_tokenizer
+    from vitsplit_vlm.vlm.conversation import get_template, render_prompt
+    from vitsplit_vlm.vlm.data import tokenize_prompt
+    from vitsplit_vlm.vlm.processing import build_processor
+    from vitsplit_vlm.vlm.sources import read_tokenizer
+
+    src = tmp_path / "src"
+    shutil.copytree(llama_tokenizer_dir, src)
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": source_legacy}))
+    llava_tokenizer = AutoTokenizer.from_pretrained(src)  # as LLaVA loads the checkpoint's
+    tokenizer = read_tokenizer(src, 2048, LlamaConfig())  # as `convert` does
+    prepare_tokenizer(tokenizer)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert image_id == 32000
+    processor = build_processor(
+        CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        tokenizer,
+        patch_size=14,
+        conv_template="vicuna_v1",
+    )
+    processor.save_pretrained(tmp_path / "processor")
+    processor = AutoProcessor.from_pretrained(
+        tmp_path / "processor"
+    )  # what a converted folder holds
+    template = get_template("vicuna_v1")
+
+    def ours(prompt: str) -> list[int]:
+        ids = tokenize_prompt(
+            prompt, processor.tokenizer, num_image_tokens=1, image_token_id=image_id
+        )
+        return [IMAGE_TOKEN_INDEX if i == image_id else int(i) for i in ids]
+
+    for question in QUESTIONS:
+        prompt = render_prompt(template, [("USER", f"<image>\n{question}")])
+        expected = llava_prompt_ids(prompt, llava_tokenizer)
+        assert ours(prompt) == expected, question
+        assert expected[expected.index(IMAGE_TOKEN_INDEX) + 1 :][:2] == [29871, 13]  # "▁", "\n"
+        from PIL import Image
+
+        batch = processor(text=prompt, images=Image.new("RGB", (28, 28)), return_tensors="pt")
+        ids = batch["input_ids"][0].tolist()
+        assert ids.count(image_id) == 4  # 28 px / 14 = a 2x2 grid
+        first = ids.index(image_id)
+        collapsed = ids[:first] + [IMAGE_TOKEN_INDEX] + ids[first + 4 :]
+        assert collapsed == expected
+    two_rounds = render_prompt(
+        template,
+        [
+            ("USER", "<image>\nWhat colour is the bus?"),
+            ("ASSISTANT", "Red"),
+            ("USER", "And the car?"),
+        ],
+    )
+    expected, got = llava_prompt_ids(two_rounds, llava_tokenizer), ours(two_rounds)
+    if source_legacy:
+        assert got == expected
+    else:  # LLaVA's slow legacy=false tokenizer writes "USER" after "</s>"; ours "▁USER"
+        eos = got.index(2)
+        assert got[: eos + 1] == expected[: eos + 1]
+        assert processor.tokenizer.convert_ids_to_tokens(got[eos + 1 : eos + 3]) == ["▁US", "ER"]
+        assert llava_tokenizer.convert_ids_to_tokens(expected[eos + 1]) == "USER"
