@@ -200,8 +200,13 @@ def set_trainable(model, model_args, training_args) -> dict[str, int]:
 
 
 def trainable_counts(model) -> dict[str, int]:
+    """Trainable parameters per group; full sizes under ZeRO-3 (`ds_numel`), where a model
+    loaded whole with `from_pretrained` is partitioned (its `numel()` is 0)."""
+
     def count(module) -> int:
-        return sum(p.numel() for p in module.parameters() if p.requires_grad)
+        return sum(
+            getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad
+        )
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return {
