@@ -655,3 +655,115 @@ def test_converted_prompts_are_llavas_ids_on_the_real_llama_tokenizer(
         assert got[: eos + 1] == expected[: eos + 1]
         assert processor.tokenizer.convert_ids_to_tokens(got[eos + 1 : eos + 3]) == ["▁US", "ER"]
         assert llava_tokenizer.convert_ids_to_tokens(expected[eos + 1]) == "USER"
+
+
+# --------------------------------------------------------------------------- using a conversion
+
+
+@pytest.fixture(scope="module")
+def converted_official(tiny, tmp_path_factory):
+    """The published official layout (k=1, frozen [-2]), converted: a model folder."""
+    root = tmp_path_factory.mktemp("official")
+    source = make_llava_source(tiny, root / "src", projector_type="vitsplit", seed=3)
+    convert("official-vitsplit", source.folder, root / "model", vision_tower=tiny.clip)
+    return root / "model"
+
+
+def test_converted_official_is_a_native_model_folder(tiny, converted_official):
+    """Same config type, connector config, template and processor as `build_vlm` makes."""
+    from transformers import AutoProcessor
+
+    native = build_vlm(model_name_or_path=tiny.llama, vision_tower=tiny.clip)
+    model = AutoModelForImageTextToText.from_pretrained(converted_official)
+    assert type(model) is type(native.model)
+    for field in ("mm_projector_type", "vitsplit_config", "vision_feature_layer", "conv_template",
+                  "image_aspect_ratio", "image_token_index", "image_seq_length"):  # fmt: skip
+        assert getattr(model.config, field) == getattr(native.model.config, field), field
+    processor = AutoProcessor.from_pretrained(converted_official)
+    assert processor.chat_template == native.processor.chat_template
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+
+
+def test_converted_official_takes_a_stage2_step(tiny, converted_official, tmp_path):
+    """`--model_name_or_path` a converted folder: ZeRO-3, connector + LLM train, tower frozen."""
+    from vitsplit_vlm.playground.shapes import write_llava_dataset
+    from vitsplit_vlm.vlm.train import parse_args
+
+    data = write_llava_dataset(tmp_path / "data", num_train=4, num_heldout=1, seed=0)
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "stage2"
+    argv = [
+        "--model_name_or_path", converted_official, "--data_path", data.finetune,
+        "--image_folder", data.image_folder, "--output_dir", out, "--version", "vicuna_v1",
+        "--deepspeed", repo / "scripts" / "zero3.json", "--per_device_train_batch_size", "2",
+        "--max_steps", "2", "--learning_rate", "1e-3", "--model_max_length", "256",
+        "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0",
+    ]  # fmt: skip
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "vitsplit_vlm.vlm.train", *map(str, argv)]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["trainable"]["vision_tower"] == 0
+    assert summary["trainable"]["connector"] > 0 and summary["trainable"]["llm"] > 0
+    # (a model loaded with from_pretrained is saved under transformers' checkpoint names: compare
+    # the reloaded models)
+    before = AutoModelForImageTextToText.from_pretrained(converted_official).state_dict()
+    after = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    assert before.keys() == after.keys()
+    tower = [k for k in before if k.startswith("model.vision_tower.")]
+    assert tower and all(torch.equal(before[k], after[k]) for k in tower)
+    for key in ("lm_head.weight", "model.multi_modal_projector.heads.fusion.0.weight"):
+        assert not torch.equal(before[key], after[key]), key
+    # flags that contradict the folder, and a second tower, are one line each
+    for extra, message in (
+        (["--vision_tower", str(tiny.clip)], "is a whole ViT-Split LLaVA model with its own"),
+        (["--mm_projector_type", "mlp2x_gelu"], "--mm_projector_type 'mlp2x_gelu' .the model has"),
+        (["--vitsplit_k", "2"], r"--vitsplit_k 2 \(the model has 1\)"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            parse_args([*map(str, argv), "--output_dir", str(tmp_path / "x"), *extra])
+
+
+def test_converted_official_answers_and_chats_like_a_native_model(
+    converted_official, tmp_path, capsys
+):
+    from PIL import Image
+
+    from vitsplit_vlm.playground.evalsets import write_evalsets
+    from vitsplit_vlm.serve.cli_chat import chat_loop
+    from vitsplit_vlm.serve.session import build_messages
+    from vitsplit_vlm.vlm.engine import GenerationSettings, Request, VLMEngine
+
+    sets = write_evalsets(tmp_path / "eval", vqav2_scenes=2, pope_images=2, mmbench_scenes=2)
+    answers = tmp_path / "pope.jsonl"
+    argv = ["eval", "answer", "--task", "pope", "--model-path", converted_official,
+            "--question-file", sets.pope_questions, "--image-folder", sets.pope_images,
+            "--answers-file", answers, "--max-new-tokens", "4", "--no-progress"]  # fmt: skip
+    assert main(list(map(str, argv))) == 0
+    lines = [json.loads(line) for line in answers.read_text().splitlines()]
+    questions = sets.pope_questions.read_text().splitlines()
+    assert len(lines) == len(questions) and all(line["text"] for line in lines)
+    engine = VLMEngine.from_pretrained(converted_official, device="cpu")
+    first = json.loads(questions[0])
+    image = Image.open(sets.pope_images / first["image"])
+    settings = GenerationSettings(max_new_tokens=4)
+    direct = engine.generate([Request(image, [("USER", first["text"])])], settings)[0]
+    assert lines[0]["text"] == direct  # eval answer = the engine, greedy
+    capsys.readouterr()
+    turns = iter(["What colour is the circle?", "How many shapes are there?"])
+
+    def read(prompt: str) -> str:
+        try:
+            return next(turns)
+        except StopIteration:
+            raise EOFError from None
+
+    out = __import__("io").StringIO()
+    rounds = chat_loop(engine, image, settings, read=read, out=out)
+    t = engine.template
+    a1 = engine.generate([Request(image, build_messages(t, [], rounds[0][0]))], settings)[0]
+    a2 = engine.generate([Request(image, build_messages(t, rounds[:1], rounds[1][0]))], settings)[0]
+    assert [a for _, a in rounds] == [a1, a2]
+    assert out.getvalue() == f"ASSISTANT: {a1}\nASSISTANT: {a2}\n\n"
