@@ -42,7 +42,8 @@ from .sources import (
     tower_config_and_processor,
 )
 
-LLAVA_PROJECTORS = ("mlp2x_gelu", "linear")
+# mm_projector_type -> the --from that reads it
+PROJECTOR_SOURCES = {"vitsplit": "official-vitsplit", "mlp2x_gelu": "llava", "linear": "llava"}
 
 
 def read_llava(src: Path, *, vision_tower: Path | None = None) -> SourceModel:
@@ -112,13 +113,17 @@ def _check_llava_config(raw: dict, src: Path, *, official: bool) -> str:
             f"{where}: architectures {architectures}; --from llava / official-vitsplit read "
             f"LLaVA's {', '.join(LLAVA_ARCHITECTURES)} (a Llama / Vicuna LLM)"
         )
-    projector = raw.get("mm_projector_type", "linear")
-    wanted = ("vitsplit",) if official else LLAVA_PROJECTORS
-    if projector not in wanted:
-        hint = "--from official-vitsplit" if projector == "vitsplit" else "--from llava"
-        if projector not in ("vitsplit", *LLAVA_PROJECTORS):
-            hint = f"one of {', '.join(('vitsplit', *LLAVA_PROJECTORS))}"
-        raise ValueError(f"{where}: mm_projector_type {projector!r}; convert it with {hint}")
+    projector = raw.get("mm_projector_type", "linear")  # LLaVA's default
+    if projector not in PROJECTOR_SOURCES:
+        raise ValueError(
+            f"{where}: mm_projector_type {projector!r} has no counterpart here (convertible: "
+            f"{', '.join(PROJECTOR_SOURCES)})"
+        )
+    if PROJECTOR_SOURCES[projector] != ("official-vitsplit" if official else "llava"):
+        raise ValueError(
+            f"{where}: mm_projector_type {projector!r}; convert it with "
+            f"--from {PROJECTOR_SOURCES[projector]}"
+        )
     for key, ok in (
         ("mm_use_im_start_end", (None, False)),
         ("mm_patch_merge_type", (None, "flat")),
