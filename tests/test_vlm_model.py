@@ -178,3 +178,93 @@ def test_trunk_skips_last_block_in_vlm(built):
         for h in handles:
             h.remove()
     assert calls == [0, 1, 2]  # penultimate state: block 3 never runs
+
+
+# --------------------------------------------------------------------------- HF model contract
+
+
+def test_get_image_features_return_dict_false_gives_tuple(built):
+    pixels = inputs(built)["pixel_values"]
+    for owner in (built.model, built.model.model):
+        as_output = owner.get_image_features(pixels)
+        as_tuple = owner.get_image_features(pixel_values=pixels, return_dict=False)
+        assert isinstance(as_tuple, tuple)
+        assert torch.equal(as_tuple[0], as_output.last_hidden_state)
+        assert owner.get_image_features(pixels, vision_feature_layer=-2).pooler_output[0].ndim == 2
+    with pytest.raises(ValueError, match=r"vision_feature_layer=-1: this connector was built for"):
+        built.model.get_image_features(pixels, vision_feature_layer=-1)
+
+
+def test_tower_stays_frozen_after_from_pretrained(vlm_dir):
+    model = AutoModelForImageTextToText.from_pretrained(vlm_dir)
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert all(p.requires_grad for p in model.connector.parameters())
+    assert all(p.requires_grad for p in model.model.language_model.parameters())
+    model, info = AutoModelForImageTextToText.from_pretrained(vlm_dir, output_loading_info=True)
+    assert not info["missing_keys"]
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+
+
+def _task_head_grads(model, batch) -> dict[str, torch.Tensor | None]:
+    model.zero_grad()
+    model(**batch).loss.backward()
+    return {n: p.grad for n, p in model.connector.heads.task_head.named_parameters()}
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpointing_keeps_task_head_gradients(vlm_dir, reentrant):
+    """The task head reads a frozen hidden state: under reentrant checkpointing it got no grads."""
+    model = AutoModelForImageTextToText.from_pretrained(vlm_dir).train()
+    from types import SimpleNamespace
+
+    batch = dict(inputs(SimpleNamespace(processor=AutoProcessor.from_pretrained(vlm_dir))))
+    batch["labels"] = batch["input_ids"].clone()
+    plain = _task_head_grads(model, batch)
+    model.activation_checkpointing_enable({"use_reentrant": reentrant})
+    checkpointed = _task_head_grads(model, batch)
+    assert all(g is not None and g.abs().sum() > 0 for g in plain.values())
+    for name, grad in checkpointed.items():
+        assert grad is not None, name
+        assert torch.equal(grad, plain[name]), name
+
+
+def test_missing_tower_weights_get_clips_own_init(vlm_dir, tmp_path):
+    """Weights a checkpoint lacks start as in a fresh CLIP (per-module stds), loaded ones stay."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(vlm_dir, tmp_path, dirs_exist_ok=True)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    kept = {k: v for k, v in weights.items() if not k.startswith("model.vision_tower.encoder")}
+    save_file(kept, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    tower = model.model.vision_tower
+    cfg = tower.config
+    width, depth = cfg.hidden_size, cfg.num_hidden_layers
+    expected = {  # CLIPPreTrainedModel._init_weights, initializer_factor 1
+        "self_attn.q_proj.weight": width**-0.5 * (2 * depth) ** -0.5,
+        "self_attn.out_proj.weight": width**-0.5,
+        "mlp.fc1.weight": (2 * width) ** -0.5,
+        "mlp.fc2.weight": width**-0.5 * (2 * depth) ** -0.5,
+    }
+    for name, std in expected.items():
+        weight = tower.get_parameter(f"encoder.layers.0.{name}")
+        assert weight.std().item() == pytest.approx(std, rel=0.1), name
+    state = model.state_dict()
+    for key in ("model.vision_tower.embeddings.patch_embedding.weight", "lm_head.weight"):
+        assert torch.equal(state[key], weights[key]), key
+
+
+def test_list_feature_layer_set_after_construction_is_clear(vlm_dir):
+    from vitsplit_vlm.vlm import ViTSplitLlavaForConditionalGeneration
+
+    for kind in ("vitsplit", "mlp2x_gelu"):
+        config = ViTSplitLlavaConfig.from_pretrained(vlm_dir)
+        if kind != config.mm_projector_type:
+            config = ViTSplitLlavaConfig(
+                **{**config.to_dict(), "mm_projector_type": kind, "vitsplit_config": None}
+            )
+        config.vision_feature_layer = [-1, -2]
+        with pytest.raises(ValueError, match=r"vision_feature_layer=\[-1, -2\]: .* one feature"):
+            ViTSplitLlavaForConditionalGeneration(config)

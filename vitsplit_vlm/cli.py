@@ -33,6 +33,10 @@ COMMANDS: dict[str, Command] = {
     "dense": module_command(
         "dense seg / depth / det: train, eval, predict overlays", "vitsplit_vlm.dense.cli"
     ),
+    "convert": module_command(
+        "checkpoints in (official ViT-Split LLaVA, LLaVA-1.5, llava-hf) and out (llava-hf)",
+        "vitsplit_vlm.vlm.convert",
+    ),
     "params": module_command(
         "trainable parameters per component (paper Tabs. 4-6)", "vitsplit_vlm.params"
     ),

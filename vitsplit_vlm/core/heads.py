@@ -49,7 +49,19 @@ class TaskHead(nn.Module):
         self.blocks.requires_grad_(True)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C)."""
+        """(B, T, C) -> (B, T, C).
+
+        Under activation checkpointing (`gradient_checkpointing_enable`) the input, a frozen
+        hidden state, is made to require grad: reentrant checkpointing hands back outputs without
+        gradient otherwise, and the copied blocks would silently stop training.
+        """
+        if (
+            self.training
+            and torch.is_grad_enabled()
+            and not tokens.requires_grad
+            and any(getattr(block, "gradient_checkpointing", False) for block in self.blocks)
+        ):
+            tokens = tokens.detach().requires_grad_(True)
         for block in self.blocks:
             tokens = block(tokens, None)
         return tokens

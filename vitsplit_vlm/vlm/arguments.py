@@ -29,8 +29,16 @@ FLAG_ALIASES = {
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "LLM folder or hub name (Vicuna)"})
-    vision_tower: str = field(metadata={"help": "vision tower folder or hub name"})
+    model_name_or_path: str = field(
+        metadata={
+            "help": "LLM folder or hub name (Vicuna), or a whole ViT-Split LLaVA model folder "
+            "(a stage-2 output or `vitsplit-vlm convert`'s) to train further"
+        }
+    )
+    vision_tower: str | None = field(
+        default=None,
+        metadata={"help": "vision tower folder or hub name (none with a whole model folder)"},
+    )
     version: str = field(
         default="vicuna_v1",
         metadata={"help": "conversation template: " + " | ".join(TEMPLATES) + " (plain: stage 1)"},
@@ -47,7 +55,11 @@ class ModelArguments:
     )
     freeze_backbone: bool = field(default=False, metadata={"help": "keep the LLM frozen"})
     pretrain_mm_mlp_adapter: str | None = field(
-        default=None, metadata={"help": "stage-1 connector file (mm_projector.safetensors)"}
+        default=None,
+        metadata={
+            "help": "stage-1 connector file: mm_projector.safetensors, or LLaVA's / the official "
+            "ViT-Split code's mm_projector.bin"
+        },
     )
     mm_use_im_start_end: bool = field(default=False, metadata={"help": "unsupported, keep False"})
     mm_use_im_patch_token: bool = field(default=False, metadata={"help": "unsupported, keep False"})

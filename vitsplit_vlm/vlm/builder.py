@@ -9,12 +9,20 @@ This is LLaVA's `initialize_vision_modules`, done once and explicitly:
 
 - the tokenizer gets `<image>` (and `pad = unk`, as LLaVA-1.5 does for Vicuna);
 - the task head is copied from the *loaded* tower's blocks at build time;
-- `pretrain_mm_mlp_adapter` (a stage-1 connector file) loads into a connector that is never
-  partitioned at this point, so there is no ZeRO-3 size-mismatch to work around.
+- `pretrain_mm_mlp_adapter` (a stage-1 connector file: this project's
+  ``mm_projector.safetensors``, or LLaVA's / the official ViT-Split code's ``mm_projector.bin``)
+  loads into a connector that is never partitioned at this point, so there is no ZeRO-3
+  size-mismatch to work around;
+- `model_name_or_path` may also be a whole ViT-Split LLaVA folder (a stage-2 output or a
+  converted checkpoint, `vitsplit-vlm convert`): the model, its tower and its processor are
+  loaded as they are, to train further (`load_vlm`).
+
+`assemble_vlm` is the part shared with the converters: loaded LLM + tower -> model + processor.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +31,7 @@ import torch.nn as nn
 
 from ..core import ViTSplitConfig
 from ..core.trunk import trunk_spec, unwrap_vision_model
+from .checkpoints import LLAVA_PROJECTOR, connector_keys, read_weight_file
 from .configuration import ViTSplitLlavaConfig
 from .connector import _gathered
 from .modeling import ViTSplitLlavaForConditionalGeneration
@@ -50,7 +59,7 @@ def prepare_tokenizer(tokenizer) -> None:
 def build_vlm(
     *,
     model_name_or_path: str | Path,
-    vision_tower: str | Path,
+    vision_tower: str | Path | None = None,
     mm_projector_type: str = "vitsplit",
     mm_vision_select_layer: int = -2,
     vitsplit_config: ViTSplitConfig | None = None,
@@ -64,24 +73,63 @@ def build_vlm(
     """Load the LLM and the tower with `from_pretrained`, build the connector, return all parts.
 
     `vitsplit_config` is the connector's `ViTSplitConfig` (default: the projector's preset,
-    `connector_preset`); its `feature_layer` must equal `mm_vision_select_layer`.
+    `connector_preset`); its `feature_layer` must equal `mm_vision_select_layer`. When
+    `model_name_or_path` is a ViT-Split LLaVA folder, `load_vlm` loads it instead (no
+    `vision_tower` then; the other settings must be the folder's).
     """
     from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    settings = dict(
+        mm_projector_type=mm_projector_type,
+        mm_vision_select_layer=mm_vision_select_layer,
+        vitsplit_config=vitsplit_config,
+        conv_template=conv_template,
+        image_aspect_ratio=image_aspect_ratio,
+    )
     load_kw = dict(dtype=dtype) if dtype is not None else {}
     if attn_implementation:
         load_kw["attn_implementation"] = attn_implementation
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_name_or_path, model_max_length=model_max_length, padding_side="right"
-    )
+    if check_sources(model_name_or_path, vision_tower, **settings):
+        built = load_vlm(model_name_or_path, model_max_length=model_max_length, **load_kw)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_name_or_path, model_max_length=model_max_length, padding_side="right"
+        )
+        llm = AutoModelForCausalLM.from_pretrained(model_name_or_path, **load_kw)
+        tower = unwrap_vision_model(AutoModel.from_pretrained(vision_tower, **load_kw))
+        image_processor = AutoImageProcessor.from_pretrained(vision_tower)
+        built = assemble_vlm(
+            llm=llm,
+            tower=tower,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            dtype=dtype,
+            **settings,
+        )
+    if pretrain_mm_mlp_adapter:
+        load_connector(built.model, pretrain_mm_mlp_adapter)
+    return built
+
+
+def assemble_vlm(
+    *,
+    llm: nn.Module,
+    tower: nn.Module,
+    tokenizer,
+    image_processor,
+    mm_projector_type: str,
+    mm_vision_select_layer: int,
+    vitsplit_config: ViTSplitConfig | None,
+    conv_template: str,
+    image_aspect_ratio: str,
+    dtype: torch.dtype | None = None,
+) -> BuiltVLM:
+    """A loaded causal LM (embeddings grown to the tokenizer, `grow_embeddings`) and a loaded
+    vision tower -> LLaVA + connector and its processor; the task head copies the tower's block."""
     prepare_tokenizer(tokenizer)
-    llm = AutoModelForCausalLM.from_pretrained(model_name_or_path, **load_kw)
     grow_embeddings(llm, len(tokenizer))
-    tower = unwrap_vision_model(AutoModel.from_pretrained(vision_tower, **load_kw))
-    image_processor = AutoImageProcessor.from_pretrained(vision_tower)
     spec = trunk_spec(tower)
     grid = spec.image_size // spec.patch_size
-
     config = ViTSplitLlavaConfig(
         vision_config=tower.config.to_dict(),
         text_config=llm.config.to_dict(),
@@ -103,12 +151,90 @@ def build_vlm(
         model.connector.to(dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    if pretrain_mm_mlp_adapter:
-        load_connector(model, pretrain_mm_mlp_adapter)
     processor = build_processor(
         image_processor, tokenizer, patch_size=spec.patch_size, conv_template=conv_template
     )
     return BuiltVLM(model, tokenizer, image_processor, processor)
+
+
+def is_vlm_folder(path: str | Path) -> bool:
+    """True when `path` is a local folder whose ``config.json`` is a ViT-Split LLaVA model."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    return json.loads(config.read_text()).get("model_type") == ViTSplitLlavaConfig.model_type
+
+
+def check_sources(
+    model_name_or_path: str | Path, vision_tower: str | Path | None, **settings
+) -> bool:
+    """Check `build_vlm`'s sources before any weights load; True when `model_name_or_path` is a
+    whole ViT-Split LLaVA folder (then `settings`, the training flags, must be the folder's)."""
+    if not is_vlm_folder(model_name_or_path):
+        if vision_tower is None:
+            raise ValueError(
+                "--vision_tower is required: --model_name_or_path is an LLM, not a ViT-Split "
+                "LLaVA model folder"
+            )
+        return False
+    if vision_tower is not None:
+        raise ValueError(
+            f"--vision_tower {vision_tower}: {model_name_or_path} is a whole ViT-Split LLaVA "
+            "model with its own vision tower; drop --vision_tower"
+        )
+    config = ViTSplitLlavaConfig.from_pretrained(model_name_or_path)
+    check_folder_settings(config, model_name_or_path, **settings)
+    return True
+
+
+def load_vlm(path: str | Path, *, model_max_length: int = 2048, **load_kw) -> BuiltVLM:
+    """A saved ViT-Split LLaVA folder (model + processor) as `build_vlm` returns it, the
+    tokenizer set up for training (right padding, `model_max_length`)."""
+    from transformers import AutoProcessor
+
+    model = ViTSplitLlavaForConditionalGeneration.from_pretrained(path, **load_kw)
+    processor = AutoProcessor.from_pretrained(path)
+    tokenizer = processor.tokenizer
+    tokenizer.model_max_length = model_max_length
+    tokenizer.padding_side = "right"
+    return BuiltVLM(model, tokenizer, processor.image_processor, processor)
+
+
+def check_folder_settings(
+    config: ViTSplitLlavaConfig,
+    path: str | Path,
+    *,
+    mm_projector_type: str,
+    mm_vision_select_layer: int,
+    vitsplit_config: ViTSplitConfig | None,
+    conv_template: str,
+    image_aspect_ratio: str,
+) -> None:
+    """One `ValueError` naming every training flag that contradicts the model folder it trains
+    (the flags describe a model that exists; their defaults must match it too)."""
+    given = {
+        "--mm_projector_type": (mm_projector_type, config.mm_projector_type),
+        "--mm_vision_select_layer": (mm_vision_select_layer, config.vision_feature_layer),
+        "--version": (conv_template, config.conv_template),
+        "--image_aspect_ratio": (image_aspect_ratio, config.image_aspect_ratio),
+    }
+    if vitsplit_config is not None and config.vitsplit_config is not None:
+        saved = config.vitsplit_config
+        if vitsplit_config.out_channels is None:  # the preset leaves it to the model (LLM width)
+            vitsplit_config = vitsplit_config.with_(out_channels=saved.out_channels)
+        mine, theirs = vitsplit_config.to_dict(), saved.to_dict()
+        given.update({f"--vitsplit_{k}": (mine[k], theirs[k]) for k in mine})
+    wrong = [
+        f"{flag} {mine!r} (the model has {theirs!r})"
+        for flag, (mine, theirs) in given.items()
+        if mine != theirs
+    ]
+    if wrong:
+        raise ValueError(
+            f"{path} is a whole ViT-Split LLaVA model; these flags describe another one: "
+            + "; ".join(wrong)
+            + ". Pass the model's values (see its config.json) or drop the flags"
+        )
 
 
 def grow_embeddings(llm: nn.Module, size: int) -> None:
@@ -138,42 +264,56 @@ def connector_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_connector(model: ViTSplitLlavaForConditionalGeneration, path: str | Path) -> None:
-    """Load a stage-1 connector file (safetensors or LLaVA's `mm_projector.bin`), strictly."""
+    """Load a stage-1 connector file strictly: this project's ``mm_projector.safetensors``
+    (``model.multi_modal_projector.*``) or LLaVA's / the official ViT-Split code's
+    ``mm_projector.bin`` (``model.mm_projector.*``, `checkpoints.connector_keys`). A folder
+    means its ``mm_projector.safetensors``, else its ``mm_projector.bin``."""
     path = Path(path)
     if path.is_dir():
-        path = path / "mm_projector.safetensors"
+        names = ("mm_projector.safetensors", "mm_projector.bin")
+        path = next((path / n for n in names if (path / n).exists()), path / names[0])
     if not path.exists():
         raise FileNotFoundError(
             f"--pretrain_mm_mlp_adapter {path}: no such file (stage 1 writes "
-            "OUTPUT_DIR/mm_projector.safetensors)"
+            "OUTPUT_DIR/mm_projector.safetensors; LLaVA's writes OUTPUT_DIR/mm_projector.bin)"
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path))
-    else:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+    source = f"--pretrain_mm_mlp_adapter {path}"
+    weights = read_weight_file(path)
     ours = {
         k[len(CONNECTOR_PREFIX) :]: v for k, v in weights.items() if k.startswith(CONNECTOR_PREFIX)
     }
+    llava = {
+        k[len(LLAVA_PROJECTOR) :]: v for k, v in weights.items() if k.startswith(LLAVA_PROJECTOR)
+    }
+    if not ours and llava:
+        names = connector_keys(list(llava), model.config.mm_projector_type, source=source)
+        ours = {names[k]: v for k, v in llava.items()}
     if not ours:
         raise ValueError(
-            f"--pretrain_mm_mlp_adapter {path}: no '{CONNECTOR_PREFIX}*' keys (found e.g. "
-            f"{sorted(weights)[:3]}); is it a connector file written by this project's stage 1?"
+            f"{source}: no '{CONNECTOR_PREFIX}*' (this project) or '{LLAVA_PROJECTOR}*' (LLaVA) "
+            f"keys (found e.g. {sorted(weights)[:3]}); is it a stage-1 connector file?"
         )
+    load_connector_weights(model, ours, source=source)
+
+
+def load_connector_weights(
+    model: ViTSplitLlavaForConditionalGeneration, weights: dict[str, torch.Tensor], *, source: str
+) -> None:
+    """Load connector weights (connector names, e.g. ``proj.0.weight``) strictly, cast to the
+    connector's dtype; any missing, unexpected or differently shaped key is one `ValueError`."""
     target = model.connector.state_dict()
-    missing = sorted(set(target) - set(ours))
-    unexpected = sorted(set(ours) - set(target))
+    missing = sorted(set(target) - set(weights))
+    unexpected = sorted(set(weights) - set(target))
     shapes = [
-        f"{k}: file {tuple(ours[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in sorted(set(ours) & set(target))
-        if ours[k].shape != target[k].shape
+        f"{k}: file {tuple(weights[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in sorted(set(weights) & set(target))
+        if weights[k].shape != target[k].shape
     ]
     if missing or unexpected or shapes:
         raise ValueError(
-            f"--pretrain_mm_mlp_adapter {path} does not fit the connector "
+            f"{source} does not fit the connector "
             f"(mm_projector_type={model.config.mm_projector_type!r}): "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}. "
             "Use the same --mm_projector_type and --vitsplit_* flags as stage 1."
         )
-    model.connector.load_state_dict({k: v.to(target[k].dtype) for k, v in ours.items()})
+    model.connector.load_state_dict({k: v.to(target[k].dtype) for k, v in weights.items()})

@@ -54,6 +54,17 @@ def connector_preset(projector_type: str, *, feature_layer: int = -2) -> ViTSpli
     return ViTSplitConfig.llava(out_channels=None, feature_layer=feature_layer, **variant)
 
 
+def check_feature_layer(value: object) -> int:
+    """`vision_feature_layer` as the connectors take it: one int (HF index, -2 = penultimate)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"vision_feature_layer={value!r}: ViT-Split and its MLP baselines read one feature "
+            "layer, an int (e.g. -2, LLaVA-1.5's --mm_vision_select_layer); a list of layers, as "
+            "transformers' Llava concatenates, is not supported"
+        )
+    return value
+
+
 def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{flag} {value!r} is unknown; choose one of {', '.join(choices)}")
@@ -73,8 +84,7 @@ class ViTSplitLlavaConfig(LlavaConfig):
         super().__post_init__(**kwargs)
         check_choice("--mm_projector_type", self.mm_projector_type, PROJECTOR_TYPES)
         check_choice("--image_aspect_ratio", self.image_aspect_ratio, ASPECT_RATIOS)
-        if not isinstance(self.vision_feature_layer, int):
-            raise ValueError("vision_feature_layer: ViT-Split reads one feature layer (an int)")
+        check_feature_layer(self.vision_feature_layer)
         self.vitsplit_config = self._split_config(legacy)
 
     def _split_config(self, legacy: dict) -> ViTSplitConfig | None:

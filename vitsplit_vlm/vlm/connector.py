@@ -20,7 +20,7 @@ import torch.nn as nn
 from ..core import ViTSplitHeads
 from ..core.layers import DeformBlock
 from ..core.trunk import trunk_blocks, trunk_final_norm, trunk_spec
-from .configuration import ViTSplitLlavaConfig
+from .configuration import ViTSplitLlavaConfig, check_feature_layer
 from .projectors import mlp_projector
 
 
@@ -93,6 +93,9 @@ CONNECTORS: dict[str, type[nn.Module]] = {
 
 
 def build_connector(config: ViTSplitLlavaConfig, vision_tower: nn.Module) -> nn.Module:
+    """The connector of `config.mm_projector_type` over `vision_tower` (its config is checked
+    again: fields set after the config was built bypass its own checks)."""
+    check_feature_layer(config.vision_feature_layer)
     return CONNECTORS[config.mm_projector_type](config, vision_tower)
 
 

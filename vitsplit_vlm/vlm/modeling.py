@@ -6,17 +6,22 @@ the same forward / generate contract. Two things differ:
 
 - `get_image_features` runs the frozen vision tower without autograd, only up to the deepest
   hidden state the connector reads (the last CLIP block is dead compute for LLaVA-1.5), then the
-  connector, which may read several hidden states;
+  connector, which may read several hidden states; so it returns no tower hidden states or
+  attentions, and the feature layer is the one the connector was built for;
 - the image-token count check is explicit and always on.
+
+The vision tower stays frozen after `from_pretrained` too, and tower weights missing from a
+checkpoint start from the tower's own init (CLIP's), as in a freshly built model.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel
+from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaPreTrainedModel
+from transformers.utils.generic import can_return_tuple
 
 from ..core.trunk import check_pixels, frozen_hidden_states, trunk_spec
 from .configuration import ViTSplitLlavaConfig
@@ -24,13 +29,39 @@ from .connector import CONNECTORS, build_connector, reset_connector_parameters
 
 
 class _ConnectorInitMixin:
-    """Connector weights start from PyTorch's default init (as LLaVA's projector), not N(0, 0.02)."""
+    """Weight init and loading shared by the model classes.
+
+    - `_init_weights` gives a connector PyTorch's default init (as LLaVA's projector) when it is
+      called on the connector module; transformers 5 skips that call in this composite model
+      (the connector module owns no parameter itself), so connector leaves get N(0, 0.02).
+    - The vision tower initialises its own missing weights first, with its own scheme: CLIP sets
+      its attention / MLP weights on the parent modules, which transformers skips inside a
+      composite model defined outside its package (such a module owns no parameter itself).
+    - `from_pretrained` replaces every loaded parameter (`requires_grad=True`): the tower is
+      frozen again afterwards.
+    """
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, tuple(CONNECTORS.values())):
             reset_connector_parameters(module)
         else:
             super()._init_weights(module)
+
+    def initialize_weights(self) -> None:
+        tower = self.get_vision_tower()
+        if isinstance(tower, PreTrainedModel):
+            tower.initialize_weights()  # skips weights that are loaded or already initialised
+        super().initialize_weights()
+
+    def get_vision_tower(self) -> nn.Module:
+        return self.base_model.vision_tower
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.get_vision_tower().requires_grad_(False)
+        return loaded
 
 
 class ViTSplitLlavaPreTrainedModel(_ConnectorInitMixin, LlavaPreTrainedModel):
@@ -66,10 +97,30 @@ class ViTSplitLlavaModel(_ConnectorInitMixin, LlavaModel):
         self.vision_tower.eval()  # the tower is frozen: no dropout, whatever the parent does
         return self
 
+    @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, *args, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """(B, 3, H, W) -> image tokens (B, h*w, D); `pooler_output` is the per-image list."""
+        """(B, 3, H, W) -> image tokens (B, h*w, D); `pooler_output` is the per-image list.
+
+        `return_dict=False` gives the tuple `(last_hidden_state, pooler_output)`. The connector
+        decides which tokens of which layers it reads: `vision_feature_layer` may only repeat the
+        config's, and `vision_feature_select_strategy` (and LLaVA's other tower options in
+        `kwargs`) are ignored.
+        """
+        if (
+            vision_feature_layer is not None
+            and vision_feature_layer != self.config.vision_feature_layer
+        ):
+            raise ValueError(
+                f"vision_feature_layer={vision_feature_layer!r}: this connector was built for "
+                f"layer {self.config.vision_feature_layer} and reads only that; build a model "
+                "with another vision_feature_layer (mm_vision_select_layer) instead"
+            )
         connector = self.multi_modal_projector
         grid = check_pixels(trunk_spec(self.vision_tower), pixel_values)
         hidden = frozen_hidden_states(self.vision_tower, pixel_values, connector.required_layers)

@@ -115,6 +115,7 @@ def parse_args(argv: list[str]):
         connector_config,
         normalize_argv,
     )
+    from .builder import check_sources
 
     argv = prepare_distributed(choose_precision(normalize_argv(argv)))
     parser = HfArgumentParser(
@@ -125,9 +126,26 @@ def parse_args(argv: list[str]):
     _check_args(model_args, training_args)
     try:
         connector = connector_config(model_args, connector_args)
+        check_sources(
+            model_args.model_name_or_path,
+            model_args.vision_tower,
+            **model_settings(model_args, data_args, connector),
+        )
     except ValueError as err:
         raise SystemExit(str(err)) from err
     return model_args, data_args, training_args, connector
+
+
+def model_settings(model_args, data_args, connector) -> dict:
+    """The model-describing flags as `build_vlm` takes them (stage 1's `plain` template trains
+    a model that chats with `vicuna_v1`)."""
+    return dict(
+        mm_projector_type=model_args.mm_projector_type,
+        mm_vision_select_layer=model_args.mm_vision_select_layer,
+        vitsplit_config=connector,
+        conv_template="vicuna_v1" if model_args.version == "plain" else model_args.version,
+        image_aspect_ratio=data_args.image_aspect_ratio,
+    )
 
 
 def resume_arg(training_args) -> str | bool | None:
@@ -182,8 +200,13 @@ def set_trainable(model, model_args, training_args) -> dict[str, int]:
 
 
 def trainable_counts(model) -> dict[str, int]:
+    """Trainable parameters per group; full sizes under ZeRO-3 (`ds_numel`), where a model
+    loaded whole with `from_pretrained` is partitioned (its `numel()` is 0)."""
+
     def count(module) -> int:
-        return sum(p.numel() for p in module.parameters() if p.requires_grad)
+        return sum(
+            getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad
+        )
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return {
@@ -291,11 +314,7 @@ def train(argv: list[str]) -> dict:
     built = build_vlm(
         model_name_or_path=model_args.model_name_or_path,
         vision_tower=model_args.vision_tower,
-        mm_projector_type=model_args.mm_projector_type,
-        mm_vision_select_layer=model_args.mm_vision_select_layer,
-        vitsplit_config=connector,
-        conv_template="vicuna_v1" if model_args.version == "plain" else model_args.version,
-        image_aspect_ratio=data_args.image_aspect_ratio,
+        **model_settings(model_args, data_args, connector),
         model_max_length=training_args.model_max_length,
         pretrain_mm_mlp_adapter=model_args.pretrain_mm_mlp_adapter,
         attn_implementation=choose_attention(model_args.attn_implementation),
