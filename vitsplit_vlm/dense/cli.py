@@ -329,23 +329,12 @@ def _usage_error(err: ValueError, action: str = "train") -> SystemExit:
     return SystemExit(f"vitsplit-vlm dense {action}: error: {err}")
 
 
-def _load_split(
-    task: DenseTask,
-    data: Path,
-    split: str,
-    preset: Preset,
-    mean,
-    std,
-    *,
-    train: bool,
-    seed: int = 0,
-    action: str = "eval",
-):
-    """`build_dataset`, with a wrong layout or an unusable set as one line naming the cause."""
+def _load_eval_split(task: DenseTask, data: Path, preset: Preset, mean, std):
+    """The validation set `dense eval` reads; a wrong layout or an unusable set is one line."""
     try:
-        return build_dataset(task, data, split, preset, mean, std, train=train, seed=seed)
+        return build_dataset(task, data, "val", preset, mean, std, train=False)
     except ValueError as err:
-        raise _usage_error(err, action) from None
+        raise _usage_error(err, "eval") from None
 
 
 def _runtime(args: argparse.Namespace, command: str):
@@ -436,9 +425,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, runtime) -> int:
         preset = preset.override({"eval_mode": args.eval_mode})
     data = args.data or Path(info["data"])
     norm = payload["normalization"]
-    val_set = _load_split(
-        task, data, "val", preset, norm["mean"], norm["std"], train=False, action="eval"
-    )
+    val_set = _load_eval_split(task, data, preset, norm["mean"], norm["std"])
     cfg = eval_config(task, preset, first_size(val_set), max_images=args.max_eval_images)
     metrics = evaluate(model, val_set, cfg, runtime=runtime)
     if runtime.distributed:
