@@ -21,7 +21,8 @@ ALLOWED = {
     "eval": {"core", "vlm", "eval"},
     "serve": {"core", "vlm", "eval", "serve"},
 }
-LEAVES = {"quiet", "commands"}  # stdlib-only helpers any layer may use
+# helpers any layer may use: stdlib only, and `images` (PIL + numpy: 8-bit RGB of any image)
+LEAVES = {"quiet", "commands", "images"}
 THIRD_PARTY_FOR_CORE = {"torch", "torchvision", "transformers"}
 
 

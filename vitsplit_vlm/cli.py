@@ -18,6 +18,10 @@ COMMANDS: dict[str, Command] = {
         "LLaVA-1.5 stage 1 / stage 2 training (LLaVA's flags)",
         main=lazy("vitsplit_vlm.vlm.train", "main"),
     ),
+    "check-data": module_command(
+        "check a LLaVA data file with training's own sample checks (before a long run)",
+        "vitsplit_vlm.vlm.check_data",
+    ),
     "merge-lora": module_command(
         "fold a stage-2 LoRA adapter into a full model", "vitsplit_vlm.vlm.merge_lora"
     ),

@@ -439,6 +439,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, runtime) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from .datasets import SkipLog
     from .predict import SharedTrunkPredictor, list_images, predict_folder
 
     paths = (
@@ -449,9 +450,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if scale is None:
         recorded = predictor.adapters[0].info.get("test_scale")
         scale = tuple(recorded) if recorded else None
-    written = predict_folder(predictor, list_images(args.images), args.out, scale=scale)
-    print(f"{len(written)} overlay(s) in {args.out} (trunk layers {list(predictor.layers)})")
-    return 0
+    images, skips = list_images(args.images), SkipLog()
+    written = predict_folder(predictor, images, args.out, scale=scale, skips=skips)
+    print(f"{len(written)} overlay(s) in {args.out} (trunk layers {list(predictor.layers)}); "
+          f"{skips.summary()}")  # fmt: skip
+    return 1 if images and skips.total == len(images) else 0
 
 
 def _summary(metrics: dict) -> dict:

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vitsplit_vlm.images import open_rgb
+
 from .losses import IGNORE_INDEX
 from .transforms import (
     IMAGENET_MEAN,
@@ -73,14 +75,22 @@ SKIP_REASONS = (
 
 @dataclass
 class SkipLog:
-    """Counts of skipped samples by reason, with the first few paths of each."""
+    """Skipped samples by reason, each sample counted once however often it was skipped (every
+    epoch, at build time and in the loop): `counts` are distinct paths per reason, `total`
+    distinct paths, `events` every skip; `examples` the first few distinct paths of each reason
+    (with the detail of their first skip)."""
 
-    counts: Counter = field(default_factory=Counter)
+    paths: dict[str, set[str]] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    events: int = 0
     keep_examples: int = 3
 
     def add(self, skipped: Skipped) -> None:
-        self.counts[skipped.reason] += 1
+        self.events += 1
+        seen = self.paths.setdefault(skipped.reason, set())
+        if skipped.path in seen:
+            return
+        seen.add(skipped.path)
         shown = self.examples.setdefault(skipped.reason, [])
         if len(shown) < self.keep_examples:
             note = f" ({skipped.detail})" if skipped.detail else ""
@@ -91,21 +101,35 @@ class SkipLog:
             self.add(item)
 
     def merge(self, other: SkipLog) -> None:
-        """Add another log's counts and examples (e.g. another process's)."""
-        self.counts.update(other.counts)
-        for reason, shown in other.examples.items():
-            mine = self.examples.setdefault(reason, [])
-            mine.extend(shown[: max(0, self.keep_examples - len(mine))])
+        """Add another log's samples (e.g. another process's); a sample both saw counts once."""
+        self.events += other.events
+        for reason, paths in other.paths.items():
+            mine = self.paths.setdefault(reason, set())
+            shown = self.examples.setdefault(reason, [])
+            for example in other.examples.get(reason, []):
+                if example not in shown and len(shown) < self.keep_examples:
+                    shown.append(example)
+            mine |= paths
 
     @classmethod
     def from_dict(cls, data: dict) -> SkipLog:
-        """Read `as_dict`'s output."""
-        examples = {reason: list(paths) for reason, paths in data.get("examples", {}).items()}
-        return cls(Counter(data.get("counts", {})), examples)
+        """Read `as_dict`'s output (a log saved before `paths` existed keeps its examples)."""
+        examples = {reason: list(shown) for reason, shown in data.get("examples", {}).items()}
+        paths = {
+            reason: set(found)
+            for reason, found in (data.get("paths") or _paths_of(examples)).items()
+        }
+        return cls(paths, examples, int(data.get("events", sum(map(len, paths.values())))))
+
+    @property
+    def counts(self) -> Counter:
+        """Distinct samples per reason."""
+        return Counter({reason: len(found) for reason, found in self.paths.items() if found})
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        """Distinct samples skipped (a sample skipped for two reasons counts once)."""
+        return len(set().union(*self.paths.values())) if self.paths else 0
 
     def summary(self) -> str:
         if not self.total:
@@ -117,7 +141,17 @@ class SkipLog:
         return f"skipped {self.total} sample(s): " + "; ".join(parts)
 
     def as_dict(self) -> dict:
-        return {"total": self.total, "counts": dict(self.counts), "examples": self.examples}
+        return {
+            "total": self.total,
+            "counts": dict(self.counts),
+            "examples": self.examples,
+            "events": self.events,
+            "paths": {reason: sorted(found) for reason, found in self.paths.items()},
+        }
+
+
+def _paths_of(examples: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {reason: [e.split(" (", 1)[0] for e in shown] for reason, shown in examples.items()}
 
 
 @dataclass
@@ -218,7 +252,8 @@ class DenseDataset(torch.utils.data.Dataset):
         record = self.records[index]
         try:
             sample = self.load(record)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                Image.DecompressionBombError) as err:  # fmt: skip
             return Skipped("unreadable file", str(_record_path(record)), str(err)[:200])
         if isinstance(sample, Skipped):
             return sample
@@ -253,8 +288,8 @@ def _record_path(record) -> Path:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """(H, W, 3) uint8; high-bit-depth images scaled to 8 bits (`vitsplit_vlm.images`)."""
+    return np.asarray(open_rgb(path))
 
 
 def read_seg_pair(

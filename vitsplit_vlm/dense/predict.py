@@ -18,6 +18,7 @@ from PIL import Image
 from torchvision.models.detection.image_list import ImageList
 
 from vitsplit_vlm.core.trunk import frozen_hidden_states
+from vitsplit_vlm.images import open_rgb
 
 from .checkpoint import (
     TrunkMismatchError,
@@ -26,7 +27,7 @@ from .checkpoint import (
     load_trunk,
     read_checkpoint,
 )
-from .datasets import IMAGE_EXTENSIONS
+from .datasets import IMAGE_EXTENSIONS, SkipLog, Skipped
 from .model import DenseModel
 from .transforms import Sample, normalize, pad_to_multiple, rescale_size, resize
 
@@ -133,8 +134,7 @@ def prepare(
     path: Path, scale: tuple[int, int] | None, mean, std
 ) -> tuple[Image.Image, torch.Tensor, tuple[float, float]]:
     """Image file -> (original PIL image, normalised (1, 3, H', W'), (sx, sy) scale)."""
-    with Image.open(path) as im:
-        image = im.convert("RGB")
+    image = open_rgb(path)
     sample = Sample(np.asarray(image))
     if scale is not None:
         sample = resize(sample, rescale_size(sample.size, scale))
@@ -150,20 +150,31 @@ def render(
     return model.task.render(model.spec, output, image, scale_xy)
 
 
+# what PIL raises for a file it cannot decode (empty, truncated, not an image, too large)
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def predict_folder(
     predictor: SharedTrunkPredictor,
     images: list[Path],
     out_dir: str | Path,
     *,
     scale: tuple[int, int] | None = None,
+    skips: SkipLog | None = None,
 ) -> list[Path]:
     """Write ``OUT/<image stem>_<adapter>.png`` for every image and adapter (adapters are named
-    after their task, e.g. seg, depth, det)."""
+    after their task, e.g. seg, depth, det). An image that cannot be read is skipped and counted
+    in `skips` ("unreadable file"); the others are still predicted."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    skips = SkipLog() if skips is None else skips
     written = []
     for path in images:
-        image, pixels, scale_xy = prepare(path, scale, predictor.mean, predictor.std)
+        try:
+            image, pixels, scale_xy = prepare(path, scale, predictor.mean, predictor.std)
+        except UNREADABLE as err:
+            skips.add(Skipped("unreadable file", str(path), str(err)[:200]))
+            continue
         outputs = predictor(pixels)
         for adapter in predictor.adapters:
             target = out_dir / f"{path.stem}_{adapter.name}.png"

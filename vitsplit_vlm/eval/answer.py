@@ -54,6 +54,7 @@ from vitsplit_vlm.eval.io import (
     read_records,
     read_tsv,
 )
+from vitsplit_vlm.images import open_rgb
 
 T = TypeVar("T")
 TASKS = ("vqav2", "pope", "mmbench")
@@ -130,8 +131,7 @@ def get_chunk(items: Sequence[T], num_chunks: int, chunk_idx: int) -> list[T]:
 
 def _open_image(path: Path, where: str) -> Image.Image:
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return open_rgb(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise EvalInputError(f"{where}: cannot read image {path}: {err}") from None
 
@@ -139,9 +139,8 @@ def _open_image(path: Path, where: str) -> Image.Image:
 def _decode_image(data: str, where: str) -> Image.Image:
     try:
         raw = base64.b64decode(data, validate=True)
-        with Image.open(io.BytesIO(raw)) as image:
-            return image.convert("RGB")
-    except (binascii.Error, OSError, SyntaxError, ValueError) as err:
+        return open_rgb(io.BytesIO(raw))
+    except (binascii.Error, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise EvalInputError(f"{where}: column 'image' is not a base64 image ({err})") from None
 
 
@@ -284,6 +283,30 @@ def _progress(total: int, request: AnswerRequest):
     return tqdm(total=total, desc=desc, unit="answer")
 
 
+def check_prompt_lengths(engine, questions: Sequence[Question], max_new_tokens: int) -> None:
+    """Refuse (one line naming the question) a prompt that, with `max_new_tokens`, would not fit
+    the model's context: its answer would be cut or degenerate. Checked before any answer is
+    generated; the tokens of a prompt do not depend on the image's pixels (1x1 stand-in)."""
+    from vitsplit_vlm.vlm.engine import Request
+
+    stand_in = Image.new("RGB", (1, 1))
+    limit = engine.context_length
+    too_long = []
+    for question in questions:
+        length = engine.prompt_length(Request(stand_in, [(engine.template.user, question.text)]))
+        if length + max_new_tokens > limit:
+            too_long.append((question, length))
+    if too_long:
+        question, length = too_long[0]
+        raise EvalInputError(
+            f"{question.where}: the prompt is {length} tokens (the image counts "
+            f"{engine.config.image_seq_length}) and --max-new-tokens {max_new_tokens} asks for up "
+            f"to {max_new_tokens} more, beyond the model's context of {limit} tokens "
+            f"({len(too_long)} question(s) like this): shorten the question or lower "
+            "--max-new-tokens"
+        )
+
+
 def answer(request: AnswerRequest) -> dict[str, Any]:
     """Write the answers file for one chunk; returns a JSON-able summary.
 
@@ -303,6 +326,7 @@ def answer(request: AnswerRequest) -> dict[str, Any]:
         top_p=request.top_p,
     )
     user = engine.template.user
+    check_prompt_lengths(engine, questions, settings.max_new_tokens)
     requests = (Request(q.image(), [(user, q.text)]) for q in questions)
     answers = engine.generate_batches(requests, settings, batch_size=request.batch_size)
     name = model_id(request.model_path)

@@ -7,7 +7,10 @@
 
 The conversation template (and so the role names of the prompts) comes from the model's saved
 config (`conv_template`). `exit`, `quit` or end of input ends the chat; an empty line is ignored;
-Ctrl-C stops the answer being generated (and at the prompt, the chat).
+Ctrl-C stops the answer being generated (and at the prompt, the chat). A chat that outgrows the
+model's context drops its earliest rounds (a ``[note]`` says so); a question too long to answer
+is refused with one ``[error]`` line. A model folder or image that cannot be read is one line on
+stderr (exit status 2).
 """
 
 from __future__ import annotations
@@ -45,13 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from ..images import open_rgb
     from ..vlm.engine import GenerationSettings
     from .session import ModelFolderError, load_served_model
 
     try:
-        with Image.open(args.image_file) as opened:
-            image = opened.convert("RGB")
-    except OSError as err:  # missing file, or not an image PIL can read
+        image = open_rgb(args.image_file)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         print(f"--image-file {args.image_file}: cannot read an image ({err})", file=sys.stderr)
         return 2
     try:
@@ -76,6 +79,8 @@ def chat_loop(
     out: TextIO | None = None,
 ) -> list[Round]:
     """Prompt, stream the answer, repeat until `exit`/EOF; returns the rounds (question, answer)."""
+    from ..vlm.engine import PromptTooLong
+
     out = out or sys.stdout
     template = engine.template
     rounds: list[Round] = []
@@ -89,10 +94,15 @@ def chat_loop(
             continue
         if question.lower() in EXIT_WORDS:
             return rounds
+        try:  # a chat longer than the context drops its earliest rounds
+            fitted = engine.fit(image, build_messages(template, rounds, question), settings)
+        except PromptTooLong as err:
+            print(f"[error] {err}", file=out, flush=True)
+            continue
+        for note in fitted.notes:
+            print(f"[note] {note}", file=out, flush=True)
         print(f"{template.assistant}: ", end="", file=out, flush=True)
-        answer = _stream_answer(
-            engine, image, build_messages(template, rounds, question), settings, out
-        )
+        answer = _stream_answer(engine, image, fitted.messages, fitted.settings, out)
         rounds.append((question, answer))
 
 

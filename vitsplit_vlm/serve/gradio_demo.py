@@ -10,7 +10,10 @@ max-new-tokens sliders, Send / Regenerate / Clear, and example images. A new ima
 conversation, as in LLaVA's demo. Problems are shown in the page and the server keeps serving:
 a file that is not an image is refused at upload (a warning, the image is cleared), Gradio
 refuses uploads over `max_upload_mb`, and a failed generation becomes a warning plus an error
-note in the chat (notes are never sent back to the model).
+note in the chat (notes are never sent back to the model). The handlers themselves refuse an
+image over `MAX_IMAGE_PIXELS` and a question too long for the model's context, so the API is
+held to the page's limits; a chat that outgrows the context drops its earliest rounds (a note
+says so).
 
 API (gradio_client): ``Client(url).submit(handle_file(png), "question", api_name="/chat")``
 streams the chat as a list of ``{"role", "content"}`` messages; the history and the generation
@@ -171,8 +174,12 @@ def build_demo(
             gr.Markdown(banner, elem_id="banner")
         with gr.Row():
             with gr.Column(scale=2):
-                image = gr.Image(
-                    type="pil", label="Image", sources=["upload", "clipboard"], elem_id="image"
+                image = gr.Image(  # image_mode None: 16-bit images reach `to_rgb` unclipped
+                    type="pil",
+                    image_mode=None,
+                    label="Image",
+                    sources=["upload", "clipboard"],
+                    elem_id="image",
                 )
                 temperature = gr.Slider(
                     0.0, 1.0, value=d.temperature, step=0.05, label="Temperature (0 = greedy)"
@@ -240,9 +247,16 @@ def build_demo(
 class ChatHandlers:
     """The demo's event handlers over one engine (Gradio calls them from its worker threads)."""
 
-    def __init__(self, engine: VLMEngine, *, min_new_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        engine: VLMEngine,
+        *,
+        min_new_tokens: int = 0,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+    ) -> None:
         self.engine = engine
         self.min_new_tokens = min_new_tokens
+        self.max_image_pixels = max_image_pixels
 
     def chat(
         self,
@@ -296,10 +310,17 @@ class ChatHandlers:
             logger.info("refused upload %s: %s", name, err)
             gr.Warning(f"{name} is not an image this demo can read; upload a PNG or JPEG.")
             return None
-        if width * height > MAX_IMAGE_PIXELS:
-            gr.Warning(f"{name} is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS:,}.")
+        problem = self.image_problem(width, height, name)
+        if problem:
+            gr.Warning(problem)
             return None
         return gr.skip()
+
+    def image_problem(self, width: int, height: int, name: str = "the image") -> str | None:
+        """Why an image of this size is refused (None when it is not)."""
+        if width * height <= self.max_image_pixels:
+            return None
+        return f"{name} is {width}x{height} pixels; the limit is {self.max_image_pixels:,}."
 
     def _settings(self, temperature: float, top_p: float, max_new_tokens: int):
         from ..vlm.engine import GenerationSettings
@@ -322,15 +343,28 @@ class ChatHandlers:
     ) -> Iterator[History]:
         import gradio as gr
 
+        from ..vlm.engine import PromptTooLong
+
         messages = build_messages(self.engine.template, rounds_from_history(history), question)
         history = [*history, {"role": "user", "content": question}]
         yield history
+        problem = None if image is None else self.image_problem(*image.size)
+        if problem:  # the upload check covers the page; the API reaches this handler directly
+            gr.Warning(problem)
+            yield [*history, _note("⚠️ Image refused", problem)]
+            return
         answer = ""
         try:
-            for text in self.engine.stream(image, messages, settings):
+            fitted = self.engine.fit(image, messages, settings)
+            history = [*history, *(_note("Note", note) for note in fitted.notes)]
+            for text in self.engine.stream(image, fitted.messages, fitted.settings):
                 if text != answer:
                     answer = text
                     yield [*history, {"role": "assistant", "content": answer}]
+        except PromptTooLong as err:
+            gr.Warning(str(err))
+            yield [*history, _note("⚠️ Prompt too long", str(err))]
+            return
         except Exception as err:  # the page shows it and the server keeps serving
             logger.exception("generation failed")
             gr.Warning(f"Generation failed: {err}")

@@ -110,6 +110,13 @@ class DataArguments:
     fail_fast: bool = field(
         default=False, metadata={"help": "stop at the first bad sample instead of skipping it"}
     )
+    allow_images_outside_folder: bool = field(
+        default=False,
+        metadata={
+            "help": "accept image paths that leave --image_folder (absolute, '..', symlinks out); "
+            "by default such samples are skipped as path_outside_folder"
+        },
+    )
 
 
 @dataclass
@@ -128,6 +135,13 @@ class TrainingArguments(transformers.TrainingArguments):
     bits: int = field(default=16, metadata={"help": "only 16 (no 4/8-bit quantisation here)"})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "allow a new run in an output_dir that holds one"}
+    )
+    allow_pickle_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "resume: load checkpoint files that need pickle (they can run code); by "
+            "default they are refused and everything is loaded weights-only"
+        },
     )
 
 

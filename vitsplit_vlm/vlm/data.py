@@ -27,10 +27,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitsplit_vlm.images import open_rgb
 from vitsplit_vlm.vlm.conversation import (
     IMAGE_PLACEHOLDER,
     InvalidConversation,
     Message,
+    RenderedConversation,
     Template,
     render_conversation,
 )
@@ -50,6 +52,7 @@ SKIP_REASONS = (
     "empty_turn",
     "image_in_reply",
     "image_count",  # number of <image> placeholders != number of images given
+    "path_outside_folder",  # the image path leaves --image_folder (after resolving symlinks)
     "missing_image",
     "corrupt_image",
     "too_long",  # truncation would cut image tokens or leave no supervised token
@@ -170,6 +173,32 @@ def _expand_images(
     return out_ids, out_labels
 
 
+def check_conversation(
+    conversations: Any,
+    template: Template,
+    *,
+    num_images: int | None = None,
+    sample_id: str | None = None,
+) -> tuple[RenderedConversation, int]:
+    """The checks of `tokenize_conversation` that need no tokenizer: format, roles, a reply,
+    the ``<image>`` count (if `num_images` is given) and the template's own rules. Returns the
+    rendered conversation and its number of ``<image>`` placeholders; raises `BadSample`."""
+    messages = llava_messages(conversations, template, sample_id)
+    if not any(role == template.assistant for role, _ in messages):
+        raise BadSample("no_assistant_turn", sample_id, "the conversation has no reply")
+    count = sum((text or "").count(IMAGE_PLACEHOLDER) for _, text in messages)
+    if num_images is not None and count != num_images:
+        raise BadSample(
+            "image_count",
+            sample_id,
+            f"{count} {IMAGE_PLACEHOLDER} placeholders, {num_images} images",
+        )
+    try:
+        return render_conversation(template, messages), count
+    except InvalidConversation as err:
+        raise BadSample(err.reason, sample_id, err.detail) from None
+
+
 def tokenize_conversation(
     conversations: Any,
     tokenizer: PreTrainedTokenizerBase,
@@ -187,20 +216,9 @@ def tokenize_conversation(
     than `max_length` (image tokens counted) are truncated; raises `BadSample` if that would cut
     image tokens or leave no supervised token, and for every other unusable conversation.
     """
-    messages = llava_messages(conversations, template, sample_id)
-    if not any(role == template.assistant for role, _ in messages):
-        raise BadSample("no_assistant_turn", sample_id, "the conversation has no reply")
-    count = sum((text or "").count(IMAGE_PLACEHOLDER) for _, text in messages)
-    if num_images is not None and count != num_images:
-        raise BadSample(
-            "image_count",
-            sample_id,
-            f"{count} {IMAGE_PLACEHOLDER} placeholders, {num_images} images",
-        )
-    try:
-        rendered = render_conversation(template, messages)
-    except InvalidConversation as err:
-        raise BadSample(err.reason, sample_id, err.detail) from None
+    rendered, count = check_conversation(
+        conversations, template, num_images=num_images, sample_id=sample_id
+    )
     ids, offsets = _encode(rendered.text, tokenizer, image_token_id)
     mask = _supervised_mask(offsets, rendered.supervised, sample_id)
     labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
@@ -251,14 +269,33 @@ def background_color(image_processor: Any) -> tuple[int, int, int]:
 
 
 def load_image(path: Path, sample_id: str | None) -> Image.Image:
-    """Open and decode `path` as RGB; missing or undecodable files raise `BadSample`."""
+    """Open and decode `path` as 8-bit RGB (high bit depths scaled, `vitsplit_vlm.images`);
+    missing or undecodable files raise `BadSample`."""
     if not path.is_file():
         raise BadSample("missing_image", sample_id, f"no image file {path}")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return open_rgb(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadSample("corrupt_image", sample_id, f"cannot decode {path}: {err}") from None
+
+
+def image_path(
+    folder: Path, name: str, sample_id: str | None, *, allow_outside: bool = False
+) -> Path:
+    """``folder / name``, which must stay inside `folder` once symlinks are resolved (``..``,
+    an absolute path or a link out of the folder raise ``path_outside_folder``, unless
+    `allow_outside`) and must be a file (``missing_image``)."""
+    path = folder / name
+    if not allow_outside and not path.resolve().is_relative_to(folder.resolve()):
+        raise BadSample(
+            "path_outside_folder",
+            sample_id,
+            f"image {name!r} resolves to {path.resolve()}, outside --image_folder {folder} "
+            "(--allow_images_outside_folder True accepts it)",
+        )
+    if not path.is_file():
+        raise BadSample("missing_image", sample_id, f"no image file {path}")
+    return path
 
 
 # --------------------------------------------------------------------------- dataset
@@ -303,13 +340,104 @@ def _word_count(record: Any) -> int:
     )
 
 
+def record_id(record: Any, index: int) -> str:
+    """A record's ``id``, or ``#index`` when it has none."""
+    if isinstance(record, dict) and "id" in record:
+        return str(record["id"])
+    return f"#{index}"
+
+
+@dataclass
+class SampleReader:
+    """Every check training applies to one LLaVA record, in training's order, and the item it
+    becomes. `LazySupervisedDataset` reads its samples with it and ``vitsplit-vlm check-data``
+    checks a data file with it, so both refuse exactly the same records.
+
+    `text` (format, roles, tokenization and label masking, the image path) runs without
+    opening the image; `pixels` decodes it. Without a `tokenizer` (check-data without a model)
+    `text` runs every check that needs none; without an `image_processor` `pixels` only decodes.
+    """
+
+    image_folder: Path
+    template: Template
+    tokenizer: PreTrainedTokenizerBase | None = None
+    image_processor: Any = None
+    model_max_length: int = 2048
+    num_image_tokens: int = 1
+    image_token_id: int = -1
+    image_aspect_ratio: str | None = "pad"
+    allow_images_outside_folder: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_aspect_ratio not in ASPECT_RATIOS:
+            raise ValueError(
+                f"image_aspect_ratio: must be one of {ASPECT_RATIOS}, "
+                f"got {self.image_aspect_ratio!r}"
+            )
+        if self.num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens: must be >= 1, got {self.num_image_tokens}")
+        self.image_folder = Path(self.image_folder)
+
+    def text(self, record: Any, sample_id: str) -> tuple[dict[str, Any], Path | None]:
+        """(the item without ``pixel_values``, the image file or None); raises `BadSample`."""
+        if not isinstance(record, dict):
+            raise BadSample("bad_format", sample_id, "a sample must be a JSON object")
+        image_file = record.get("image")
+        if image_file is not None and not isinstance(image_file, str):
+            raise BadSample("bad_format", sample_id, "'image' must be one file name")
+        num_images = 0 if image_file is None else 1
+        item: dict[str, Any] = {"id": sample_id}
+        if self.tokenizer is None:
+            check_conversation(
+                record.get("conversations"), self.template, num_images=num_images,
+                sample_id=sample_id,
+            )  # fmt: skip
+        else:
+            sample = tokenize_conversation(
+                record.get("conversations"),
+                self.tokenizer,
+                self.template,
+                num_image_tokens=self.num_image_tokens,
+                image_token_id=self.image_token_id,
+                max_length=self.model_max_length,
+                num_images=num_images,
+                sample_id=sample_id,
+            )
+            item.update(input_ids=sample.input_ids, labels=sample.labels)
+        if image_file is None:
+            return item, None
+        path = image_path(
+            self.image_folder, image_file, sample_id,
+            allow_outside=self.allow_images_outside_folder,
+        )  # fmt: skip
+        return item, path
+
+    def pixels(self, path: Path, sample_id: str) -> torch.Tensor | None:
+        """(3, H, W) float pixels of the image file (None without an image processor: the file
+        is only decoded); raises `BadSample`."""
+        image = load_image(path, sample_id)
+        if self.image_processor is None:
+            return None
+        if self.image_aspect_ratio == "pad":
+            image = expand2square(image, background_color(self.image_processor))
+        return self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+
+    def item(self, record: Any, sample_id: str) -> dict[str, Any]:
+        """`text` then `pixels`: the training item."""
+        item, path = self.text(record, sample_id)
+        if path is not None:
+            item["pixel_values"] = self.pixels(path, sample_id)
+        return item
+
+
 class LazySupervisedDataset(Dataset):
     """LLaVA's lazy supervised dataset: JSON records in memory, images opened per item.
 
     Items: ``{"input_ids": (L,), "labels": (L,), "pixel_values": (3, H, W), "id": str}``,
-    ``pixel_values`` absent for text-only samples. A `BadSample` raises if `fail_fast`;
-    otherwise it is logged (a warning and a JSON line appended to `skip_log`) and the next usable
-    sample (following indices, wrapping) is returned in its place.
+    ``pixel_values`` absent for text-only samples. Each record goes through `SampleReader`. A
+    `BadSample` raises if `fail_fast`; otherwise it is logged (a warning and a JSON line appended
+    to `skip_log`) and the next usable sample (following indices, wrapping) is returned in its
+    place. `records` (already read from `data_path`) saves reading the file again.
     """
 
     def __init__(
@@ -326,19 +454,24 @@ class LazySupervisedDataset(Dataset):
         image_aspect_ratio: str | None = "pad",
         fail_fast: bool = False,
         skip_log: str | Path | None = None,
+        allow_images_outside_folder: bool = False,
+        records: list[Any] | None = None,
     ) -> None:
-        if image_aspect_ratio not in ASPECT_RATIOS:
-            raise ValueError(
-                f"image_aspect_ratio: must be one of {ASPECT_RATIOS}, got {image_aspect_ratio!r}"
-            )
-        if num_image_tokens < 1:
-            raise ValueError(f"num_image_tokens: must be >= 1, got {num_image_tokens}")
+        self.reader = SampleReader(
+            Path(image_folder),
+            template,
+            tokenizer,
+            image_processor,
+            model_max_length=model_max_length,
+            num_image_tokens=num_image_tokens,
+            image_token_id=image_token_id,
+            image_aspect_ratio=image_aspect_ratio,
+            allow_images_outside_folder=allow_images_outside_folder,
+        )
         self.data_path = Path(data_path)
-        self.image_folder = Path(image_folder)
-        self.records = load_records(self.data_path)
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.template = template
+        self.image_folder = self.reader.image_folder
+        self.records = load_records(self.data_path) if records is None else records
+        self.tokenizer, self.image_processor, self.template = tokenizer, image_processor, template
         self.model_max_length = model_max_length
         self.num_image_tokens = num_image_tokens
         self.image_token_id = image_token_id
@@ -368,51 +501,15 @@ class LazySupervisedDataset(Dataset):
         return [n if self._has_image(i) else -n for i, n in enumerate(self.lengths)]
 
     def sample_id(self, index: int) -> str:
-        record = self.records[index]
-        if isinstance(record, dict) and "id" in record:
-            return str(record["id"])
-        return f"#{index}"
+        return record_id(self.records[index], index)
 
     def load(self, index: int) -> dict[str, Any]:
         """Item `index`, or `BadSample` naming the sample and the data file."""
         sample_id = self.sample_id(index)
         try:
-            return self._load(index, sample_id)
+            return self.reader.item(self.records[index], sample_id)
         except BadSample as err:
             raise BadSample(err.reason, sample_id, err.detail, str(self.data_path)) from None
-
-    def _load(self, index: int, sample_id: str) -> dict[str, Any]:
-        record = self.records[index]
-        if not isinstance(record, dict):
-            raise BadSample("bad_format", sample_id, "a sample must be a JSON object")
-        image_file = record.get("image")
-        if image_file is not None and not isinstance(image_file, str):
-            raise BadSample("bad_format", sample_id, "'image' must be one file name")
-        sample = tokenize_conversation(
-            record.get("conversations"),
-            self.tokenizer,
-            self.template,
-            num_image_tokens=self.num_image_tokens,
-            image_token_id=self.image_token_id,
-            max_length=self.model_max_length,
-            num_images=0 if image_file is None else 1,
-            sample_id=sample_id,
-        )
-        item: dict[str, Any] = {
-            "input_ids": sample.input_ids,
-            "labels": sample.labels,
-            "id": sample_id,
-        }
-        if image_file is not None:
-            item["pixel_values"] = self._pixels(self.image_folder / image_file, sample_id)
-        return item
-
-    def _pixels(self, path: Path, sample_id: str) -> torch.Tensor:
-        """(3, H, W) float pixels of the image file."""
-        image = load_image(path, sample_id)
-        if self.image_aspect_ratio == "pad":
-            image = expand2square(image, background_color(self.image_processor))
-        return self.image_processor(image, return_tensors="pt")["pixel_values"][0]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self)

@@ -1,19 +1,25 @@
-"""`VLMTrainer`: HF Trainer with LLaVA's modality-grouped sampler and a connector lr group."""
+"""`VLMTrainer`: HF Trainer with LLaVA's modality-grouped sampler, a connector lr group, and
+checkpoints that count only when complete and resume without pickle (`vitsplit_vlm.vlm.resume`)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from . import resume
 from .sampler import LengthGroupedSampler
 
 CONNECTOR_MARK = "multi_modal_projector."
 
 
 class VLMTrainer(Trainer):
-    """Adds `--group_by_modality_length` and `--mm_projector_lr` (connector parameter group)."""
+    """Adds `--group_by_modality_length` and `--mm_projector_lr` (connector parameter group);
+    marks each checkpoint complete once every rank has written it and only then rotates
+    (`--save_total_limit`); loads a resumed checkpoint weights-only."""
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -49,6 +55,36 @@ class VLMTrainer(Trainer):
         cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = cls(param_groups, **kwargs)
         return self.optimizer
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """HF's save, then the `resume.MARKER` once every rank's files are written, then the
+        rotation (HF rotates before returning, while the new folder is still partial: its own
+        rotation is switched off for the call)."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            resume.discard_partial(folder)  # an earlier attempt at this step was cut short
+        self.accelerator.wait_for_everyone()
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            resume.mark_complete(folder)
+            resume.rotate(run_dir, limit, protect=self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """HF's preparation, which loads a resumed DeepSpeed checkpoint: weights-only."""
+        if resume_from_checkpoint is None:
+            return super()._prepare_for_training(max_steps, train_dataloader, None)
+        with resume.weights_only_loading(allow_pickle=self.args.allow_pickle_checkpoints):
+            return super()._prepare_for_training(
+                max_steps, train_dataloader, resume_from_checkpoint
+            )
 
 
 class StepTimer(TrainerCallback):
