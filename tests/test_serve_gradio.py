@@ -176,6 +176,32 @@ def test_client_concurrent_users_are_queued_one_at_a_time(server, engine, exampl
     )
 
 
+def test_client_limits_hold_in_the_handler(server, engine, examples, tmp_path):
+    """Defect: the 50-megapixel limit sat on the page's upload event only, so the API answered a
+    64 MP image; an over-long question got a degenerate answer with no word. Both are now
+    refused by the handler (a titled note, no generation) and the next request works."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from vitsplit_vlm.serve.gradio_demo import MAX_IMAGE_PIXELS
+
+    huge = tmp_path / "huge.png"
+    Image.new("L", (8000, 8000), 128).save(huge)  # 64 MP, a few hundred kB
+    assert huge.stat().st_size < MAX_UPLOAD_MB * 2**20
+    client = Client(server, verbose=False)
+    engine.intervals.clear()
+    refused = client.predict(handle_file(str(huge)), "What is this?", api_name="/chat")
+    assert refused[-1]["metadata"]["title"] == "⚠️ Image refused"
+    assert f"8000x8000 pixels; the limit is {MAX_IMAGE_PIXELS:,}" in _answers(refused)[-1]
+    long = "circle " * 2100  # more tokens than the tiny model's context of 2048
+    too_long = client.predict(handle_file(examples[0][0]), long, api_name="/chat")
+    assert too_long[-1]["metadata"]["title"] == "⚠️ Prompt too long"
+    assert "leaves no room to answer" in _answers(too_long)[-1]
+    assert engine.intervals == [], "the model ran on a refused request"
+    ok = client.predict(handle_file(examples[0][0]), "What is this?", api_name="/chat")
+    assert _answers(ok)[-1].strip() and not ok[-1].get("metadata")
+
+
 @pytest.fixture
 def page(server):
     from playwright.sync_api import sync_playwright

@@ -287,21 +287,21 @@ def check_prompt_lengths(engine, questions: Sequence[Question], max_new_tokens: 
     """Refuse (one line naming the question) a prompt that, with `max_new_tokens`, would not fit
     the model's context: its answer would be cut or degenerate. Checked before any answer is
     generated; the tokens of a prompt do not depend on the image's pixels (1x1 stand-in)."""
-    from vitsplit_vlm.vlm.engine import Request
+    from vitsplit_vlm.vlm.context import context_length, prompt_length
 
     stand_in = Image.new("RGB", (1, 1))
-    limit = engine.context_length
+    limit = context_length(engine)
     too_long = []
     for question in questions:
-        length = engine.prompt_length(Request(stand_in, [(engine.template.user, question.text)]))
+        length = prompt_length(engine, stand_in, [(engine.template.user, question.text)])
         if length + max_new_tokens > limit:
             too_long.append((question, length))
     if too_long:
         question, length = too_long[0]
         raise EvalInputError(
             f"{question.where}: the prompt is {length} tokens (the image counts "
-            f"{engine.config.image_seq_length}) and --max-new-tokens {max_new_tokens} asks for up "
-            f"to {max_new_tokens} more, beyond the model's context of {limit} tokens "
+            f"{engine.config.image_seq_length}) and --max-new-tokens asks for up to "
+            f"{max_new_tokens} more, beyond the model's context of {limit} tokens "
             f"({len(too_long)} question(s) like this): shorten the question or lower "
             "--max-new-tokens"
         )

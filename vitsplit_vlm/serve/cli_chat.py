@@ -79,7 +79,7 @@ def chat_loop(
     out: TextIO | None = None,
 ) -> list[Round]:
     """Prompt, stream the answer, repeat until `exit`/EOF; returns the rounds (question, answer)."""
-    from ..vlm.engine import PromptTooLong
+    from ..vlm.context import PromptTooLong, fit
 
     out = out or sys.stdout
     template = engine.template
@@ -95,7 +95,7 @@ def chat_loop(
         if question.lower() in EXIT_WORDS:
             return rounds
         try:  # a chat longer than the context drops its earliest rounds
-            fitted = engine.fit(image, build_messages(template, rounds, question), settings)
+            fitted = fit(engine, image, build_messages(template, rounds, question), settings)
         except PromptTooLong as err:
             print(f"[error] {err}", file=out, flush=True)
             continue

@@ -343,7 +343,7 @@ class ChatHandlers:
     ) -> Iterator[History]:
         import gradio as gr
 
-        from ..vlm.engine import PromptTooLong
+        from ..vlm.context import PromptTooLong, fit
 
         messages = build_messages(self.engine.template, rounds_from_history(history), question)
         history = [*history, {"role": "user", "content": question}]
@@ -355,7 +355,7 @@ class ChatHandlers:
             return
         answer = ""
         try:
-            fitted = self.engine.fit(image, messages, settings)
+            fitted = fit(self.engine, image, messages, settings)
             history = [*history, *(_note("Note", note) for note in fitted.notes)]
             for text in self.engine.stream(image, fitted.messages, fitted.settings):
                 if text != answer:

@@ -36,6 +36,8 @@ class ModelFolderError(ValueError):
 MODEL_TYPE = "vitsplit_llava"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
            "pytorch_model.bin.index.json")  # fmt: skip
+PROCESSOR = ("processor_config.json", "preprocessor_config.json")  # the image processor's
+TOKENIZER = "tokenizer_config.json"
 HINT = (
     "give a model folder written by training (`make quickstart` writes checkpoints/vitsplit-tiny), "
     "`vitsplit-vlm merge-lora` or `vitsplit-vlm convert`"
@@ -44,7 +46,8 @@ HINT = (
 
 def check_model_folder(folder: Path) -> None:
     """Raise `ModelFolderError` (one line) unless `folder` looks like a saved ViT-Split LLaVA
-    model: a readable ``config.json`` of that model type and weight files. Reads no weights."""
+    model: a readable ``config.json`` of that model type, weight files and the processor's files.
+    Reads no weights."""
     config = folder / "config.json"
     if not config.is_file():
         what = "does not exist" if not folder.exists() else "holds no config.json"
@@ -63,18 +66,28 @@ def check_model_folder(folder: Path) -> None:
         what = "a stage-1 connector (mm_projector.safetensors) and no model" if stage1 else (
             "no model weights")  # fmt: skip
         raise ModelFolderError(f"--model-path {folder} holds {what}: {HINT}")
+    if (
+        not any((folder / name).is_file() for name in PROCESSOR)
+        or not (folder / TOKENIZER).is_file()
+    ):
+        raise ModelFolderError(
+            f"--model-path {folder} holds no processor ({' or '.join(PROCESSOR)} and {TOKENIZER}, "
+            f"written by `processor.save_pretrained`): {HINT}"
+        )
 
 
 def load_served_model(model_path: str | Path, *, device: str | None = None) -> ServedModel:
     """The model saved in `model_path` (`save_pretrained` + its processor) behind a `VLMEngine`;
     a folder that is not such a model raises `ModelFolderError` with one line."""
+    from safetensors import SafetensorError
+
     from ..vlm.engine import VLMEngine
 
     folder = Path(model_path)
     check_model_folder(folder)
     try:
         engine = VLMEngine.from_pretrained(folder, device=device)
-    except (OSError, ValueError, KeyError) as err:  # an incomplete or foreign folder
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # corrupt or foreign files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFolderError(f"--model-path {folder}: cannot load the model ({first})") from err
     return ServedModel(engine, f"{folder} (template {engine.template.name})")

@@ -13,25 +13,17 @@ answers equal batch-1 answers.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from ..images import to_rgb
 from .conversation import IMAGE_PLACEHOLDER, Message, Template, get_template, render_prompt
 from .data import background_color, expand2square, tokenize_prompt
-
-logger = logging.getLogger(__name__)
-
-
-class PromptTooLong(ValueError):
-    """A prompt that leaves no room for an answer in the model's context."""
 
 
 @dataclass
@@ -58,16 +50,6 @@ class GenerationSettings:
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
-
-
-@dataclass(frozen=True)
-class FittedPrompt:
-    """`VLMEngine.fit`'s result: the messages and settings to generate with, and what was cut
-    to fit the context (one line each, for the user)."""
-
-    messages: list[Message]
-    settings: GenerationSettings
-    notes: list[str]
 
 
 @dataclass(frozen=True)
@@ -114,73 +96,11 @@ class VLMEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @property
-    def context_length(self) -> int:
-        """Tokens the LLM takes, prompt and answer together (its ``max_position_embeddings``)."""
-        return int(self.config.text_config.max_position_embeddings)
-
-    # ---- context ---------------------------------------------------------------------------
-    def prompt_length(self, request: Request) -> int:
-        """Tokens of the request's prompt, image tokens included."""
-        return len(self.prompt_ids(request))
-
-    def too_long(self, length: int) -> str | None:
-        """Why a prompt of `length` tokens cannot be answered, or None when it can."""
-        if length < self.context_length:
-            return None
-        return (
-            f"the prompt is {length} tokens (the image counts {self.config.image_seq_length}); "
-            f"the model's context is {self.context_length} tokens, which leaves no room to answer"
-        )
-
-    def limit(self, lengths: Sequence[int], settings: GenerationSettings) -> GenerationSettings:
-        """`settings` with ``max_new_tokens`` cut to the room the longest prompt leaves (logged);
-        raises `PromptTooLong` when it leaves none."""
-        longest = max(lengths)
-        problem = self.too_long(longest)
-        if problem is not None:
-            raise PromptTooLong(problem)
-        room = self.context_length - longest
-        if settings.max_new_tokens <= room:
-            return settings
-        logger.warning(
-            "answer limited to %d new tokens (asked %d): the prompt is %d tokens of the model's %d",
-            room, settings.max_new_tokens, longest, self.context_length,
-        )  # fmt: skip
-        return replace(settings, max_new_tokens=room)
-
-    def fit(
-        self, image: Image.Image | None, messages: Sequence[Message], settings: GenerationSettings
-    ) -> FittedPrompt:
-        """A conversation cut to the context: the earliest rounds are dropped while the prompt
-        leaves less than ``max_new_tokens`` (never the last question), then the answer length is
-        cut to the room left. Raises `PromptTooLong` when the last question alone leaves none."""
-        messages, notes, dropped = list(messages), [], 0
-        length = self.prompt_length(Request(image, messages))
-        while length + settings.max_new_tokens > self.context_length and len(messages) > 2:
-            messages, dropped = messages[2:], dropped + 1
-            length = self.prompt_length(Request(image, messages))
-        if dropped:
-            notes.append(
-                f"dropped the {dropped} earliest round(s) of the chat to fit the model's "
-                f"context of {self.context_length} tokens"
-            )
-        problem = self.too_long(length)
-        if problem is not None:
-            raise PromptTooLong(problem + ": ask a shorter question")
-        room = self.context_length - length
-        if settings.max_new_tokens > room:
-            notes.append(
-                f"answer limited to {room} new tokens (asked {settings.max_new_tokens}): the "
-                f"prompt is {length} of the model's {self.context_length} tokens"
-            )
-            settings = replace(settings, max_new_tokens=room)
-        return FittedPrompt(messages, settings, notes)
-
     # ---- inputs ----------------------------------------------------------------------------
     def prepare_image(self, image: Image.Image) -> torch.Tensor:
-        """(3, H, W) pixels: padded to a square with the mean colour when the model was trained so
-        (any bit depth: 16-bit greyscale is scaled, not clipped, `vitsplit_vlm.images`)."""
+        """(3, H, W) pixels: padded to a square with the mean colour when the model was trained so."""
+        from ..images import to_rgb  # 16-bit greyscale scaled, not clipped to white
+
         image = to_rgb(image)
         if self.config.image_aspect_ratio == "pad":
             image = expand2square(image, background_color(self.image_processor))
@@ -246,10 +166,13 @@ class VLMEngine:
     def generate(
         self, requests: Sequence[Request], settings: GenerationSettings | None = None
     ) -> list[str]:
-        """Answers for a batch of requests (one batch; the caller chunks)."""
+        """Answers for a batch of requests (one batch; the caller chunks); the answer length is
+        cut to the room the prompts leave in the context (`context.limit`)."""
+        from .context import limit as limit_to_context
+
         settings = settings or GenerationSettings()
         batch = self.collate(requests)
-        settings = self.limit([batch["input_ids"].shape[1]], settings)  # left-padded
+        settings = limit_to_context(self, batch["input_ids"].shape[1], settings)  # left-padded
         out = self.model.generate(
             **batch,
             eos_token_id=self._stop_ids(),
@@ -337,9 +260,11 @@ class VLMEngine:
         """
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
+        from .context import limit as limit_to_context
+
         settings = settings or GenerationSettings()
         batch = self.collate([Request(image, messages)])
-        settings = self.limit([batch["input_ids"].shape[1]], settings)
+        settings = limit_to_context(self, batch["input_ids"].shape[1], settings)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = settings.kwargs()
         abandoned = threading.Event()
