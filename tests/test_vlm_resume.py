@@ -179,12 +179,16 @@ def test_the_load_itself_is_weights_only(straight, tmp_path):
 # --------------------------------------------------------------------------- folders only
 
 
-def fake_checkpoint(out: Path, step: int, *, complete: bool) -> Path:
+def fake_checkpoint(out: Path, step: int, *, complete: bool, legacy: bool = False) -> Path:
+    """A checkpoint folder: marked complete, partial (HF's first file only), or `legacy`: saved
+    completely before checkpoints were marked (trainer_state.json, written last, no marker)."""
     from vitsplit_vlm.vlm.resume import mark_complete
 
     folder = out / f"checkpoint-{step}"
     folder.mkdir(parents=True)
-    (folder / "trainer_state.json").write_text("{}")
+    (folder / "config.json").write_text("{}")
+    if complete or legacy:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     if complete:
         mark_complete(folder)
     return folder
@@ -208,6 +212,25 @@ def test_pick_and_its_notes(tmp_path):
     fake_checkpoint(empty, 2, complete=False)
     folder, notes = pick(empty, True)
     assert folder is None and "starting at step 0" in notes[-1]
+
+
+def test_a_run_saved_before_checkpoints_were_marked_resumes(tmp_path):
+    from vitsplit_vlm.vlm.resume import ResumeError, pick
+
+    for step in (2, 4):
+        fake_checkpoint(tmp_path, step, complete=False, legacy=True)
+    cut = fake_checkpoint(tmp_path, 6, complete=False)  # no trainer_state.json: cut short
+    (cut.parent / "checkpoint-8").mkdir()
+    (cut.parent / "checkpoint-8" / "trainer_state.json").write_text('{"global_st')  # half written
+    folder, notes = pick(tmp_path, True)
+    assert folder == tmp_path / "checkpoint-4" and "without a COMPLETE marker" in notes[0]
+    assert pick(tmp_path, str(tmp_path / "checkpoint-2"))[0] == tmp_path / "checkpoint-2"
+    with pytest.raises(ResumeError, match="partial checkpoint"):
+        pick(tmp_path, str(cut))
+    fake_checkpoint(tmp_path, 10, complete=True)  # a marked run: unmarked folders are partial
+    assert pick(tmp_path, True)[0] == tmp_path / "checkpoint-10"
+    with pytest.raises(ResumeError, match="partial checkpoint"):
+        pick(tmp_path, str(tmp_path / "checkpoint-4"))
 
 
 def test_rotation_never_deletes_the_only_complete_checkpoint(tmp_path):

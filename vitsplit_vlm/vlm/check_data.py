@@ -11,8 +11,9 @@ does; the image processor's resize is not run). With ``--model-path`` (a ViT-Spl
 or an LLM folder plus ``--vision-tower`` as training takes them) records are also tokenized:
 length after tokenization (``too_long``) and label masking (``tokenization_mismatch``).
 
-The file is streamed (a JSON list or JSONL, never loaded whole); the main process runs the text
-checks while ``--jobs`` worker processes decode images. Output: a progress bar on stderr, then a
+The file is streamed (a JSON list or JSONL, never loaded whole) in blocks of records that
+``--jobs`` worker processes check side by side (tokenizing and decoding images); results come
+back in file order. Output: a progress bar on stderr, then a
 summary by reason with sample ids on stdout (``--report`` writes every id as JSON); exit status 1
 when any record is unusable (or the file is malformed), 0 when all are usable, 2 for bad flags.
 ``--fix OUT`` writes the usable records, in order (JSONL when OUT ends in ``.jsonl``).
@@ -39,6 +40,9 @@ from .data import BadSample, SampleReader, record_id
 CHUNK_BYTES = 1 << 20
 BLOCK = 256  # records per unit of work handed to an image worker
 SHOWN_IDS = 10  # sample ids printed per reason (all of them go to --report)
+# the tokenizer's own length limit: lengths are checked against --model-max-length (too_long);
+# the tokenizer's warning about long texts would only repeat that, once per worker
+UNBOUNDED = 1 << 62
 
 
 class MalformedData(ValueError):
@@ -201,43 +205,44 @@ class Report:
         }
 
 
-def _decode_block(
-    reader: SampleReader, items: list[tuple[str, str]]
+# the reader of a worker process (set once when the pool starts, inherited by fork)
+_WORKER_READER: SampleReader | None = None
+
+
+def _start_worker(reader: SampleReader) -> None:
+    global _WORKER_READER
+    _WORKER_READER = reader
+
+
+def _check_block(
+    entries: list[Entry], reader: SampleReader | None = None
 ) -> list[tuple[str, str, str] | None]:
-    """In a worker: decode each (sample id, image path) as training does (`SampleReader.pixels`);
-    None, or (reason, sample id, detail), per item."""
-    return [_decode_one(reader, sample_id, path) for sample_id, path in items]
+    """Every check training applies (`SampleReader.item`: text, tokenization, the image decoded)
+    for each entry: None when usable, else (reason, sample id, detail). Runs in a worker (the
+    reader it was started with) or, for ``--jobs 1``, in the main process."""
+    reader = reader or _WORKER_READER
+    assert reader is not None
+    return [_check_one(reader, entry) for entry in entries]
 
 
-def _decode_one(reader: SampleReader, sample_id: str, path: str) -> tuple[str, str, str] | None:
+def _check_one(reader: SampleReader, entry: Entry) -> tuple[str, str, str] | None:
+    sample_id = record_id(entry.record, entry.index)
+    if entry.error is not None:
+        return "bad_format", sample_id, entry.error
     try:
-        reader.pixels(Path(path), sample_id)
+        reader.item(entry.record, sample_id)
     except BadSample as err:
         return err.reason, sample_id, err.detail
     return None
 
 
-@dataclass
-class _Block:
-    """Records checked for text, waiting for their images."""
-
-    entries: list[tuple[Entry, str, Path | None]] = field(default_factory=list)
-    failed: dict[int, BadSample] = field(default_factory=dict)
-    decoded: Future | list | None = None
-
-
 class Checker:
-    """Streams a data file through `reader`; `jobs` processes decode images."""
+    """Streams a data file through `reader`'s checks, in blocks of `BLOCK` records: `jobs`
+    worker processes check blocks side by side (tokenizing and decoding), the main process
+    reads the file, keeps the blocks in order and writes the report and ``--fix``."""
 
     def __init__(self, reader: SampleReader, *, jobs: int = 1) -> None:
-        # the workers decode only: they get a reader without tokenizer or image processor
         self.reader = reader
-        self.image_reader = SampleReader(
-            reader.image_folder,
-            reader.template,
-            image_aspect_ratio=reader.image_aspect_ratio,
-            allow_images_outside_folder=reader.allow_images_outside_folder,
-        )
         self.jobs = max(1, jobs)
 
     def run(self, path: Path, *, fix: Path | None = None, progress: bool = True) -> Report:
@@ -246,22 +251,23 @@ class Checker:
         bar = _bar(path, progress)
         pool = self._pool()
         writer = _FixWriter(fix) if fix is not None else None
-        pending: deque[_Block] = deque()
-        block, seen = _Block(), 0
+        pending: deque[tuple[list[Entry], Future | list]] = deque()
+        block: list[Entry] = []
+        seen = 0
         try:
             for entry, consumed in iter_records(path):
-                block.entries.append(self._text(entry, block))
-                if len(block.entries) >= BLOCK:
-                    pending.append(self._submit(block, pool))
-                    block = _Block()
+                block.append(entry)
+                if len(block) >= BLOCK:
+                    pending.append((block, self._submit(block, pool)))
+                    block = []
                 while len(pending) > 2 * self.jobs:
-                    self._finish(pending.popleft(), report, writer)
+                    self._finish(*pending.popleft(), report, writer)
                 if bar is not None:
                     bar.update(consumed - seen)
                     seen = consumed
-            pending.append(self._submit(block, pool))
+            pending.append((block, self._submit(block, pool)))
             while pending:
-                self._finish(pending.popleft(), report, writer)
+                self._finish(*pending.popleft(), report, writer)
         except BaseException:
             if writer is not None:
                 writer.abandon()
@@ -277,47 +283,32 @@ class Checker:
         return report
 
     def _pool(self) -> ProcessPoolExecutor | None:
-        """`jobs` image workers (none for 1), all started now: forked before the tokenizer first
-        runs (a fork after that makes HF tokenizers warn and turn its threads off)."""
+        """`jobs` workers (none for 1), all started now: forked before the tokenizer first runs
+        (a fork after that makes HF tokenizers warn and turn their threads off)."""
         if self.jobs == 1:
             return None
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        pool = ProcessPoolExecutor(self.jobs, mp_context=context)
-        list(pool.map(_decode_block, [self.image_reader] * self.jobs, [[]] * self.jobs))
+        pool = ProcessPoolExecutor(
+            self.jobs, mp_context=context, initializer=_start_worker, initargs=(self.reader,)
+        )
+        list(pool.map(_check_block, [[]] * self.jobs))  # start them all
         return pool
 
-    def _text(self, entry: Entry, block: _Block) -> tuple[Entry, str, Path | None]:
-        sample_id = record_id(entry.record, entry.index)
-        if entry.error is not None:
-            block.failed[entry.index] = BadSample("bad_format", sample_id, entry.error)
-            return entry, sample_id, None
-        try:
-            _, image = self.reader.text(entry.record, sample_id)
-        except BadSample as err:
-            block.failed[entry.index] = err
-            return entry, sample_id, None
-        return entry, sample_id, image
-
-    def _submit(self, block: _Block, pool: ProcessPoolExecutor | None) -> _Block:
-        items = [(sample_id, str(image)) for _, sample_id, image in block.entries if image]
+    def _submit(self, block: list[Entry], pool: ProcessPoolExecutor | None) -> Future | list:
         if pool is None:
-            block.decoded = [_decode_one(self.image_reader, sid, p) for sid, p in items]
-        else:
-            block.decoded = pool.submit(_decode_block, self.image_reader, items)
-        return block
+            return _check_block(block, self.reader)
+        return pool.submit(_check_block, block)
 
-    def _finish(self, block: _Block, report: Report, writer: _FixWriter | None) -> None:
-        decoded = block.decoded.result() if isinstance(block.decoded, Future) else block.decoded
-        failures = iter(decoded or [])
-        for entry, _, image in block.entries:
+    @staticmethod
+    def _finish(
+        block: list[Entry], checked: Future | list, report: Report, writer: _FixWriter | None
+    ) -> None:
+        results = checked.result() if isinstance(checked, Future) else checked
+        for entry, found in zip(block, results, strict=True):
             report.records += 1
-            err = block.failed.get(entry.index)
-            if err is None and image is not None:
-                found = next(failures)
-                err = None if found is None else BadSample(*found)
-            if err is not None:
-                report.add(err)
+            if found is not None:
+                report.add(BadSample(*found))
             elif writer is not None:
                 writer.write(entry.record)
 
@@ -362,6 +353,48 @@ class _FixWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+# --------------------------------------------------------------------------- before training
+
+
+def usable_records(data_args, version: str) -> list:
+    """Training's records of ``--data_path``; exits (one line) before any model loads when there
+    are none, or when none passes the checks that need no model (format, roles, a reply, the
+    image path, image decoding). Stops at the first usable record: a good data set costs one
+    check (this is no substitute for check-data, which reads every record)."""
+    from .conversation import get_template
+    from .data import load_records
+
+    path = data_args.data_path
+    try:
+        records = load_records(path)
+        template = get_template(version)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--data_path {path}: {err}") from err
+    if not records:
+        raise SystemExit(f"--data_path {path} holds no samples: there is nothing to train on")
+    reader = SampleReader(
+        Path(data_args.image_folder),
+        template,
+        image_aspect_ratio=data_args.image_aspect_ratio,
+        allow_images_outside_folder=data_args.allow_images_outside_folder,
+    )
+    report = Report(str(path))
+    for index, record in enumerate(records):
+        found = _check_one(reader, Entry(index, record))
+        if found is None:
+            return records
+        report.add(BadSample(*found))
+    reasons = "; ".join(
+        f"{len(ids)} {reason} (e.g. {report.details[reason]})" for reason, ids in report.bad.items()
+    )
+    raise SystemExit(
+        f"--data_path {path}: none of its {len(records)} samples is usable with --image_folder "
+        f"{data_args.image_folder} and --version {version}: {reasons}. "
+        f"`vitsplit-vlm check-data --data {path} --image-folder {data_args.image_folder}` "
+        "lists every problem"
+    )
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -387,7 +420,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="as training's --allow_images_outside_folder True",
     )  # fmt: skip
     parser.add_argument("--fix", type=Path, default=None, help="write the usable records here")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="image workers")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (each tokenizes and decodes)",
+    )
     parser.add_argument("--report", type=Path, default=None, help="write the full report (JSON)")
     parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -460,7 +498,7 @@ def _tokenizer_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str |
 
         register()
         config = AutoConfig.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=UNBOUNDED)
         return {
             "tokenizer": tokenizer,
             "image_token_id": config.image_token_id,
@@ -471,7 +509,7 @@ def _tokenizer_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str |
             f"--model-path {path} is an LLM, not a ViT-Split LLaVA folder: give --vision-tower too "
             "(as training's --vision_tower), for the number of image tokens"
         )
-    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=args.model_max_length)
+    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=UNBOUNDED)
     prepare_tokenizer(tokenizer)
     vision = AutoConfig.from_pretrained(args.vision_tower)
     vision = getattr(vision, "vision_config", vision)

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 MARKER = "COMPLETE"
+TRAINER_STATE = "trainer_state.json"  # HF writes it last in a save
 PICKLE_FLAG = "--allow_pickle_checkpoints"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
@@ -95,7 +98,9 @@ def pick(out: Path, choice: str | bool | None) -> tuple[Path | None, list[str]]:
     """``--resume_from_checkpoint`` -> (complete folder or None for a fresh start, notes).
 
     ``True``: the newest complete ``checkpoint-N`` of `out`, naming every partial one skipped.
-    A PATH must be a complete checkpoint folder.
+    A PATH must be a complete checkpoint folder. A run saved before checkpoints were marked
+    (no folder of `out` has the marker) is resumed from its newest folder whose
+    ``trainer_state.json``, which HF writes last, is readable (`legacy_complete`; a note says so).
     """
     if not choice:
         return None, []
@@ -103,13 +108,19 @@ def pick(out: Path, choice: str | bool | None) -> tuple[Path | None, list[str]]:
         path = Path(choice)
         if not path.is_dir():
             raise ResumeError(f"--resume_from_checkpoint {choice}: no such checkpoint folder")
-        if not is_complete(path):
-            raise ResumeError(
-                f"--resume_from_checkpoint {choice}: a partial checkpoint (no {MARKER} marker: "
-                "the run stopped while writing it); pass True to take the newest complete one"
-            )
-        return path, []
+        if is_complete(path):
+            return path, []
+        if not scan(path.parent).complete and legacy_complete(path):
+            return path, [_legacy_note(path)]
+        raise ResumeError(
+            f"--resume_from_checkpoint {choice}: a partial checkpoint (no {MARKER} marker: "
+            "the run stopped while writing it); pass True to take the newest complete one"
+        )
     found = scan(out)
+    if found.newest is None:
+        legacy = [p for p in found.partial if legacy_complete(p)]
+        if legacy:
+            return legacy[-1], [_legacy_note(legacy[-1])]
     notes = [
         f"--resume_from_checkpoint True: skipped partial checkpoint {p}" for p in found.partial
     ]
@@ -117,6 +128,41 @@ def pick(out: Path, choice: str | bool | None) -> tuple[Path | None, list[str]]:
         return None, [*notes, f"--resume_from_checkpoint True: no complete checkpoint in {out}; "
                       "starting at step 0"]  # fmt: skip
     return found.newest, [*notes, f"--resume_from_checkpoint True: resuming from {found.newest}"]
+
+
+def legacy_complete(folder: Path) -> bool:
+    """A checkpoint saved before checkpoints were marked, whose ``trainer_state.json`` (written
+    last by HF's save) holds a step: complete, unless a multi-process save was cut short."""
+    try:
+        state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and isinstance(state.get("global_step"), int)
+
+
+def _legacy_note(folder: Path) -> str:
+    return (
+        f"--resume_from_checkpoint: resuming from {folder}, saved without a {MARKER} marker "
+        "(before checkpoints were marked); its trainer_state.json, written last, is complete"
+    )
+
+
+def resume_from(
+    output_dir: str | Path, choice: str | bool | None, *, allow_pickle: bool
+) -> Path | None:
+    """Training's ``--resume_from_checkpoint``: the complete checkpoint to resume from (`pick`;
+    its notes printed by rank 0), scanned for pickled code (`check_pickles`) before any weights
+    load; None for a fresh start. A problem exits with one line."""
+    try:
+        folder, notes = pick(Path(output_dir), choice)
+        if folder is not None:
+            check_pickles(folder, allow_pickle=allow_pickle)
+    except ResumeError as err:
+        raise SystemExit(str(err)) from err
+    if int(os.environ.get("RANK", "0")) == 0:
+        for note in notes:
+            print(f"[vitsplit-vlm train] {note}", file=sys.stderr, flush=True)
+    return folder
 
 
 def mark_complete(folder: Path) -> None:

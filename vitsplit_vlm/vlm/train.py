@@ -148,63 +148,6 @@ def model_settings(model_args, data_args, connector) -> dict:
     )
 
 
-def pick_resume(training_args) -> Path | None:
-    """The complete checkpoint to resume from (`resume.pick`, notes printed by rank 0), checked
-    for pickled code before any weights load; None for a fresh start."""
-    from .resume import ResumeError, check_pickles, pick
-
-    try:
-        folder, notes = pick(Path(training_args.output_dir), resume_arg(training_args))
-        if folder is not None:
-            check_pickles(folder, allow_pickle=training_args.allow_pickle_checkpoints)
-    except ResumeError as err:
-        raise SystemExit(str(err)) from err
-    if int(os.environ.get("RANK", "0")) == 0:
-        for note in notes:
-            print(f"[vitsplit-vlm train] {note}", file=sys.stderr, flush=True)
-    return folder
-
-
-def usable_records(data_args, template) -> list:
-    """The records of ``--data_path``; exits before any model loads when there are none, or when
-    none passes the checks that need no model (format, roles, a reply, the image path, image
-    decoding). Stops at the first usable record, so a good data set costs one check."""
-    from collections import Counter
-
-    from .data import BadSample, SampleReader, load_records, record_id
-
-    path = data_args.data_path
-    try:
-        records = load_records(path)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"--data_path {path}: {err}") from err
-    if not records:
-        raise SystemExit(f"--data_path {path} holds no samples: there is nothing to train on")
-    reader = SampleReader(
-        Path(data_args.image_folder),
-        template,
-        image_aspect_ratio=data_args.image_aspect_ratio,
-        allow_images_outside_folder=data_args.allow_images_outside_folder,
-    )
-    reasons: Counter = Counter()
-    first: dict[str, str] = {}
-    for index, record in enumerate(records):
-        sample_id = record_id(record, index)
-        try:
-            reader.item(record, sample_id)
-            return records
-        except BadSample as err:
-            reasons[err.reason] += 1
-            first.setdefault(err.reason, f"{sample_id}: {err.detail}")
-    found = "; ".join(f"{n} {reason} (e.g. {first[reason]})" for reason, n in reasons.items())
-    raise SystemExit(
-        f"--data_path {path}: none of its {len(records)} samples is usable with --image_folder "
-        f"{data_args.image_folder} and --version {template.name}: {found}. "
-        f"`vitsplit-vlm check-data --data {path} --image-folder {data_args.image_folder}` "
-        "lists every problem"
-    )
-
-
 def resume_arg(training_args) -> str | bool | None:
     """`--resume_from_checkpoint` as the Trainer takes it: True/False (any case) or a path."""
     value = training_args.resume_from_checkpoint
@@ -357,6 +300,7 @@ def train(argv: list[str]) -> dict:
     from transformers import set_seed
 
     from ..quiet import quiet_third_party
+    from . import check_data, resume
     from .builder import build_vlm
     from .conversation import get_template
     from .data import DataCollator, LazySupervisedDataset, summarize_skips
@@ -364,11 +308,13 @@ def train(argv: list[str]) -> dict:
 
     quiet_third_party()  # known third-party warnings that would flood the output
     model_args, data_args, training_args, connector = parse_args(argv)
+    # before any weights load: data with no usable sample, the checkpoint to resume
+    records = check_data.usable_records(data_args, model_args.version)
+    resume_from = resume.resume_from(training_args.output_dir, resume_arg(training_args),
+                                     allow_pickle=training_args.allow_pickle_checkpoints)  # fmt: skip
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
     template = get_template(model_args.version)
-    records = usable_records(data_args, template)  # before any weights load
-    resume_from = pick_resume(training_args)
     started = time.time()
     built = build_vlm(
         model_name_or_path=model_args.model_name_or_path,
