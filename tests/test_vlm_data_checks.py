@@ -22,6 +22,9 @@ from vitsplit_vlm.vlm.data import (
 )
 
 VICUNA = get_template("vicuna_v1")
+# skip reasons only the chat formats with markup give (`--version llama3 / qwen / chat_template`,
+# where they exist); the broken set is vicuna_v1 data
+CHAT_FORMAT_ONLY = {"marker_in_text", "template_mismatch"}
 ASK = "<image>\nWhat colour is the circle?"
 
 
@@ -104,6 +107,22 @@ def test_paths_inside_and_the_opt_in(folders, tokenizer, tiny, tmp_path):
     assert allowed.load(1)["id"] == "abs"
 
 
+def test_a_reader_without_template_checks_all_but_the_conversation(folders):
+    """What training's pre-check uses for a template that needs the tokenizer to render."""
+    from vitsplit_vlm.vlm.check_data import renders_alone
+    from vitsplit_vlm.vlm.data import SampleReader
+
+    assert renders_alone(VICUNA) and renders_alone(get_template("plain"))
+    reader = SampleReader(folders, None)
+    odd = {"id": "odd", "image": "ok.png", "conversations": [{"from": "bot", "value": "?"}]}
+    assert reader.item(odd, "odd")["id"] == "odd"  # the conversation is not looked at
+    with pytest.raises(BadSample, match="path_outside_folder"):
+        reader.item({**odd, "image": "link_out.png"}, "odd")
+    with pytest.raises(BadSample, match="corrupt_image"):
+        (folders / "bad.png").write_bytes(b"\x89PNG\r\n")
+        reader.item({**odd, "image": "bad.png"}, "odd")
+
+
 # --------------------------------------------------------------------------- empty data
 
 
@@ -162,7 +181,7 @@ def test_check_data_finds_every_planted_defect(broken, tiny, tmp_path, capsys):
     )  # fmt: skip
     found = json.loads(report.read_text())
     assert code == 1
-    assert set(broken.planted) == set(SKIP_REASONS)  # every kind of defect is planted
+    assert set(broken.planted) == set(SKIP_REASONS) - CHAT_FORMAT_ONLY  # every other kind planted
     assert found["ids"] == broken.planted
     assert found["usable"] == broken.good + len(broken.controls)
     for reason, ids in broken.planted.items():

@@ -374,7 +374,7 @@ def usable_records(data_args, version: str) -> list:
         raise SystemExit(f"--data_path {path} holds no samples: there is nothing to train on")
     reader = SampleReader(
         Path(data_args.image_folder),
-        template,
+        template if renders_alone(template) else None,
         image_aspect_ratio=data_args.image_aspect_ratio,
         allow_images_outside_folder=data_args.allow_images_outside_folder,
     )
@@ -393,6 +393,21 @@ def usable_records(data_args, version: str) -> list:
         f"`vitsplit-vlm check-data --data {path} --image-folder {data_args.image_folder}` "
         "lists every problem"
     )
+
+
+def renders_alone(template) -> bool:
+    """Whether `template` renders a conversation before it meets a tokenizer (one bound to the
+    tokenizer's own chat template does not: its conversations are checked when tokenized)."""
+    from .conversation import IMAGE_PLACEHOLDER, InvalidConversation, render_conversation
+
+    probe = [(template.user, f"{IMAGE_PLACEHOLDER}\nWhat is it?"), (template.assistant, "A cat.")]
+    try:
+        render_conversation(template, probe)
+    except InvalidConversation:
+        return True  # it renders, and refuses the probe by its own rules
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- the command
@@ -475,9 +490,17 @@ def build_reader(args: argparse.Namespace) -> SampleReader:
         version = version or saved_version
     version = version or "vicuna_v1"
     check_choice("--version", version, tuple(TEMPLATES))
+    template = get_template(version)
+    if not renders_alone(template):
+        if settings:
+            raise ValueError(
+                f"--version {version}: the LLM tokenizer's own chat template, which check-data "
+                "does not bind yet; leave out --model-path to run every other check"
+            )
+        template = None  # conversations are checked when tokenized, not here
     return SampleReader(
         args.image_folder,
-        get_template(version),
+        template,
         image_aspect_ratio=args.image_aspect_ratio,
         allow_images_outside_folder=args.allow_images_outside_folder,
         model_max_length=args.model_max_length,

@@ -355,11 +355,13 @@ class SampleReader:
 
     `text` (format, roles, tokenization and label masking, the image path) runs without
     opening the image; `pixels` decodes it. Without a `tokenizer` (check-data without a model)
-    `text` runs every check that needs none; without an `image_processor` `pixels` only decodes.
+    `text` runs every check that needs none (none of the conversation's when `template` is None:
+    a template that cannot render before it meets the tokenizer); without an `image_processor`
+    `pixels` only decodes.
     """
 
     image_folder: Path
-    template: Template
+    template: Template | None
     tokenizer: PreTrainedTokenizerBase | None = None
     image_processor: Any = None
     model_max_length: int = 2048
@@ -387,12 +389,12 @@ class SampleReader:
             raise BadSample("bad_format", sample_id, "'image' must be one file name")
         num_images = 0 if image_file is None else 1
         item: dict[str, Any] = {"id": sample_id}
-        if self.tokenizer is None:
+        if self.tokenizer is None and self.template is not None:
             check_conversation(
                 record.get("conversations"), self.template, num_images=num_images,
                 sample_id=sample_id,
             )  # fmt: skip
-        else:
+        elif self.tokenizer is not None:
             sample = tokenize_conversation(
                 record.get("conversations"),
                 self.tokenizer,
