@@ -233,6 +233,16 @@ def test_a_run_saved_before_checkpoints_were_marked_resumes(tmp_path):
         pick(tmp_path, str(tmp_path / "checkpoint-4"))
 
 
+def test_resume_flag_values():
+    from types import SimpleNamespace
+
+    from vitsplit_vlm.vlm.train import resume_arg
+
+    for value, expected in (("True", True), ("auto", True), ("false", False), (None, None),
+                            ("", None), ("out/checkpoint-4", "out/checkpoint-4")):  # fmt: skip
+        assert resume_arg(SimpleNamespace(resume_from_checkpoint=value)) == expected, value
+
+
 def test_rotation_never_deletes_the_only_complete_checkpoint(tmp_path):
     """HF's rotation counts partial folders (the newest, by step or time, is "protected"): with
     --save_total_limit 1 and a partial checkpoint-6 it deleted the only complete one."""

@@ -149,10 +149,11 @@ def model_settings(model_args, data_args, connector) -> dict:
 
 
 def resume_arg(training_args) -> str | bool | None:
-    """`--resume_from_checkpoint` as the Trainer takes it: True/False (any case) or a path."""
+    """`--resume_from_checkpoint` as the Trainer takes it: True/False (any case; ``auto``, as
+    dense training's ``--resume auto``, is True) or a path."""
     value = training_args.resume_from_checkpoint
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
+    if isinstance(value, str) and value.lower() in ("true", "false", "auto"):
+        return value.lower() != "false"
     return value or None
 
 
