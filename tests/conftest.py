@@ -74,6 +74,20 @@ def sharp_vlm_dir(tiny, tmp_path_factory):
     return _save_untrained_vlm(tiny, tmp_path_factory.mktemp("vlm-sharp"), sharpen_seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny):
+    """The tiny Vicuna-like tokenizer prepared as the model builder does (<image>, pad = unk);
+    shared by every test module: never modify it."""
+    from transformers import AutoTokenizer
+
+    from vitsplit_vlm.vlm.data import DEFAULT_IMAGE_TOKEN
+
+    tok = AutoTokenizer.from_pretrained(tiny.llama)
+    tok.add_special_tokens({"additional_special_tokens": [DEFAULT_IMAGE_TOKEN]})
+    tok.pad_token = tok.unk_token
+    return tok
+
+
 @contextlib.contextmanager
 def _record_saved_tensors():
     import torch

@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from kill_helper import kill_when
 from PIL import Image
 
 import vitsplit_vlm
@@ -111,19 +109,13 @@ def kill_during_save(args: list[str], out: Path, step: int) -> list[str]:
     is being written (``.tmp-step-*``); returns the names under ``OUT/checkpoints`` left."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "vitsplit_vlm", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    root, deadline = out / "checkpoints", time.monotonic() + 300
-    prefix = f".tmp-step-{step:08d}"
-    while not (root.is_dir() and any(p.name.startswith(prefix) for p in root.iterdir())):
-        if proc.poll() is not None:
-            raise AssertionError(f"exited before a save: {proc.stderr.read()[-3000:]}")
-        assert time.monotonic() < deadline, "no save within 300 s"
-        time.sleep(0.001)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    root, prefix = out / "checkpoints", f".tmp-step-{step:08d}"
+
+    def saving() -> bool:
+        return root.is_dir() and any(p.name.startswith(prefix) for p in root.iterdir())
+
+    kill_when([sys.executable, "-m", "vitsplit_vlm", *args], saving, f"a save of step {step}",
+              env=env)  # fmt: skip
     return sorted(p.name for p in root.iterdir())
 
 

@@ -36,14 +36,8 @@ FAST = settings(
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny):
-    """The tiny Vicuna-like tokenizer prepared as the model builder does (<image>, pad = unk)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny.llama)
-    tok.add_special_tokens({"additional_special_tokens": [DEFAULT_IMAGE_TOKEN]})
-    tok.pad_token = tok.unk_token
-    return tok
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 # --------------------------------------------------------------------------- conversations

@@ -34,13 +34,8 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny.llama)
-    tok.add_special_tokens({"additional_special_tokens": [DEFAULT_IMAGE_TOKEN]})
-    tok.pad_token = tok.unk_token
-    return tok
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def record(sample_id: str, image: str | None) -> dict:

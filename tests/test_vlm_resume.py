@@ -12,14 +12,13 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from kill_helper import kill_when
 from safetensors.torch import load_file
 from test_vlm_train import DIST_VARS, REPO, STAGE1_FLAGS, STAGE1_STEPS, common, max_diff, run_train
 
@@ -93,18 +92,8 @@ def kill_during_save(args: list, out: Path, step: int) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "vitsplit_vlm.vlm.train", *map(str, args)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    folder, deadline = out / f"checkpoint-{step}", time.monotonic() + 300
-    while not folder.is_dir():
-        if proc.poll() is not None:
-            raise AssertionError(f"exited before checkpoint-{step}: {proc.stderr.read()[-3000:]}")
-        assert time.monotonic() < deadline, f"no checkpoint-{step} within 300 s"
-        time.sleep(0.001)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    folder = out / f"checkpoint-{step}"
+    kill_when(cmd, folder.is_dir, f"checkpoint-{step}", cwd=REPO, env=env)
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
