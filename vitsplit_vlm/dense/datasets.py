@@ -37,8 +37,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vitsplit_vlm.images import open_rgb
-
 from .losses import IGNORE_INDEX
 from .transforms import (
     IMAGENET_MEAN,
@@ -289,6 +287,8 @@ def _record_path(record) -> Path:
 
 def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8; high-bit-depth images scaled to 8 bits (`vitsplit_vlm.images`)."""
+    from vitsplit_vlm.images import open_rgb
+
     return np.asarray(open_rgb(path))
 
 

@@ -104,18 +104,18 @@ def connector_config(
 class DataArguments:
     data_path: str = field(metadata={"help": "LLaVA JSON/JSONL"})
     image_folder: str = field(metadata={"help": "folder the data's image paths are relative to"})
-    lazy_preprocess: bool = field(default=True, metadata={"help": "always lazy; accepted"})
-    is_multimodal: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts"})
-    image_aspect_ratio: str = field(default="pad", metadata={"help": " | ".join(ASPECT_RATIOS)})
-    fail_fast: bool = field(
-        default=False, metadata={"help": "stop at the first bad sample instead of skipping it"}
-    )
     allow_images_outside_folder: bool = field(
         default=False,
         metadata={
             "help": "accept image paths that leave --image_folder (absolute, '..', symlinks out); "
             "by default such samples are skipped as path_outside_folder"
         },
+    )
+    lazy_preprocess: bool = field(default=True, metadata={"help": "always lazy; accepted"})
+    is_multimodal: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts"})
+    image_aspect_ratio: str = field(default="pad", metadata={"help": " | ".join(ASPECT_RATIOS)})
+    fail_fast: bool = field(
+        default=False, metadata={"help": "stop at the first bad sample instead of skipping it"}
     )
 
 
