@@ -31,6 +31,7 @@ from vitsplit_vlm.vlm.conversation import (
     InvalidConversation,
     Template,
     Turns,
+    normalize_image_placeholder,
     render_conversation,
     render_prompt,
 )
@@ -307,6 +308,91 @@ def test_assistant_mask_is_the_training_loss_mask(setups, name, kind):
         )
         supervised = (sample.labels != IGNORE_INDEX).long()
         assert torch.equal(batch["assistant_masks"][0].long(), supervised), f"{name}/{case}"
+
+
+# What closes a reply, written out per template and tokenizer (not read from the Template).
+END_OF_TURN = {
+    "plain": "\n",
+    "vicuna_v1": "</s>",
+    "llava_llama_3": "<|eot_id|>",
+    "qwen_1_5": "<|im_end|>",
+    "mistral_instruct": " </s>",  # LLaVA-NeXT's LLAMA_2 style: a space before </s>
+    "gemma_instruct": "<end_of_turn>",
+    ("chat_template", "llama3"): "<|eot_id|>",
+    ("chat_template", "llama3_1"): "<|eot_id|>",
+    ("chat_template", "qwen3"): "<|im_end|>",
+    ("chat_template", "gemma3"): "<end_of_turn>",
+}
+QWEN3_EMPTY_THINK = "<think>\n\n</think>\n\n"  # Qwen3 writes it before the last reply
+
+
+def supervised_runs(labels: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive supervised label positions."""
+    runs: list[tuple[int, int]] = []
+    for i, on in enumerate((labels != IGNORE_INDEX).tolist()):
+        if on and runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        elif on:
+            runs.append((i, i + 1))
+    return runs
+
+
+@pytest.mark.parametrize("case", sorted(CONVERSATIONS))
+@pytest.mark.parametrize(("name", "kind"), [p for p in PAIRS if p[1] != "tiny"])
+def test_labels_are_the_replies_and_prompts_the_training_prefix(setups, name, kind, case):
+    """With each real tokenizer: the supervised tokens decode to exactly each reply and its end
+    of turn (no header, cue or newline of the template), and the inference prompt of each round
+    is the training sequence up to that reply, token for token."""
+    setup = setups(name, kind)
+    template, tokenizer = setup.template, setup.train_tokenizer
+    try:
+        pairs = chat_to_messages(CONVERSATIONS[case], template)
+        render_conversation(template, pairs)
+    except InvalidConversation:
+        assert name == "plain", f"{name}/{kind}/{case} refused"  # plain takes one image round
+        return
+    names = {template.user: "human", template.assistant: "gpt"}
+    kwargs = dict(num_image_tokens=setup.num_image_tokens, image_token_id=setup.image_token_id)
+    sample = tokenize_conversation(
+        [{"from": names[r], "value": v} for r, v in pairs], tokenizer, template,
+        max_length=100_000, **kwargs,
+    )  # fmt: skip
+    replies = [text for role, text in pairs if role == template.assistant]
+    runs = supervised_runs(sample.labels)
+    assert len(runs) == len(replies), f"{name}/{kind}/{case}: {len(runs)} supervised runs"
+    eot = END_OF_TURN.get((name, kind), END_OF_TURN.get(name))
+    for k, ((start, end), answer) in enumerate(zip(runs, replies, strict=True)):
+        where = f"{name}/{kind}/{case}/reply {k + 1}"
+        got = tokenizer.decode(sample.input_ids[start:end]).strip()
+        want = {(answer + eot).strip(), (answer.strip() + eot).strip()}
+        if (name, kind) == ("chat_template", "qwen3") and k == len(replies) - 1:
+            want = {QWEN3_EMPTY_THINK + w for w in want}
+        assert got in want, f"{where}: supervised {got!r}, want one of {want}"
+        assert torch.equal(sample.labels[start:end], sample.input_ids[start:end]), where
+        # the history as LLaVA holds it (images moved to the first message), up to this reply
+        prompt = render_prompt(template, normalize_image_placeholder(pairs, template)[: 2 * k + 1])
+        ids = tokenize_prompt(prompt, tokenizer, **kwargs)
+        assert ids.tolist() == sample.input_ids[:start].tolist(), (
+            f"{where}: prompt {tokenizer.decode(ids)!r} vs training prefix "
+            f"{tokenizer.decode(sample.input_ids[:start])!r}"
+        )
+
+
+def test_chat_template_renders_as_the_tokenizers_own_apply_chat_template(setups):
+    """``--version chat_template`` is the tokenizer's template: text-only conversations (no image
+    to normalise) render as ``tokenizer.apply_chat_template`` renders them."""
+    unicode_code = [user("Écris du code ✨"), reply(CODE_REPLY), user("日本語?"), reply("はい 🔴")]
+    for kind in TOKENIZERS_OF["chat_template"]:
+        setup = setups("chat_template", kind)
+        own = setup.train_tokenizer.apply_chat_template
+        for messages in (CONVERSATIONS["no_image_2_rounds"], unicode_code):
+            where = f"{kind}/{messages[0]['content']}"
+            assert reference_text(setup.template, messages, False) == own(
+                messages, tokenize=False
+            ), where
+            assert reference_text(setup.template, messages[:3], True) == own(
+                messages[:3], tokenize=False, add_generation_prompt=True
+            ), where
 
 
 @pytest.mark.parametrize(("name", "kind"), PAIRS)
