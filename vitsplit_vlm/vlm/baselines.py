@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.trunk import trunk_spec
-from .configuration import STI_POOL, ViTSplitLlavaConfig, hidden_index
+from .configuration import STI_POOL, ViTSplitLlavaConfig, dci_halves, hidden_index
 from .projectors import VipLlavaProjector, mlp_projector
 
 
@@ -43,8 +43,7 @@ class DenseConnector(nn.Module):
         self.feature_layer = hidden_index(config.vision_feature_layer, spec.num_blocks)
         f = self.feature_layer
         if self.kind == "dci":
-            half = (f + 1) // 2
-            self.groups = (tuple(range(half)), tuple(range(half, f + 1)))
+            self.groups = dci_halves(f)
         else:
             layers = config.mm_projector_layers
             self.groups = tuple((hidden_index(i, spec.num_blocks),) for i in layers)

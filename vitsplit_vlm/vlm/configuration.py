@@ -93,6 +93,14 @@ def default_projector_layers(
     return None
 
 
+def dci_halves(feature_index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The two groups of hidden states ``dc_dci`` averages: ``0 .. (f+1)/2 - 1`` and the rest
+    up to the feature layer `feature_index` f (CLIP-L, f = 23: 0-11 and 12-23, as Dense
+    Connector reads them)."""
+    half = (feature_index + 1) // 2
+    return tuple(range(half)), tuple(range(half, feature_index + 1))
+
+
 def extra_image_tokens(projector_type: str, num_patches: int) -> int:
     """Image tokens a connector adds to the patch tokens (``dc_sti``: two pooled layers)."""
     return 2 * (num_patches // STI_POOL) if projector_type == "dc_sti" else 0
