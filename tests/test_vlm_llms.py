@@ -174,3 +174,15 @@ def test_eval_answer_and_chat_answer_with_the_saved_template(trained, data, tmp_
     first = engine.generate([Request(image, [(engine.template.user, rounds[0][0])])], settings)
     assert rounds[0][1] == first[0]
     assert shown.getvalue().startswith(f"{engine.template.assistant}: {first[0]}")
+
+
+def test_readme_lists_every_tested_combination():
+    """The README's table of LLM x tower x connector x template names each run of this file."""
+    from vitsplit_vlm.vlm.conversation import TEMPLATES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, combo in COMBOS.items():
+        assert f"`test_vlm_llms.py[{name}]`" in readme, name
+        assert f"`{combo.version}`" in readme, name
+    for template in TEMPLATES:
+        assert f"`{template}`" in readme, template
