@@ -126,28 +126,18 @@ def _build_new(
 ) -> BuiltVLM:
     """A new VLM from an LLM folder and a tower folder: tokenizer, image processor and configs
     are read and checked first, then the weights load."""
-    from transformers import (
-        AutoConfig,
-        AutoImageProcessor,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoTokenizer,
-    )
+    from transformers import AutoModel, AutoModelForCausalLM
 
-    from .preflight import check_llm_config, tower_config, vision_grid
-    from .tokenizer_chat import bind_template
+    from .preflight import checked_parts
 
     if vision_tower is None:
         raise ValueError(NO_TOWER)
-    check_llm_config(AutoConfig.from_pretrained(model_name_or_path), model_name_or_path)
-    vision = tower_config(vision_tower)
-    image_processor = AutoImageProcessor.from_pretrained(vision_tower)
-    vision_grid(image_processor, vision.patch_size, vision_tower)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_name_or_path, model_max_length=model_max_length, padding_side="right"
+    tokenizer, image_processor = checked_parts(
+        model_name_or_path,
+        vision_tower,
+        settings["conv_template"],
+        model_max_length=model_max_length,
     )
-    prepare_tokenizer(tokenizer)
-    bind_template(settings["conv_template"], tokenizer)
     llm = AutoModelForCausalLM.from_pretrained(model_name_or_path, **load_kw)
     tower = unwrap_vision_model(AutoModel.from_pretrained(vision_tower, **load_kw))
     return assemble_vlm(
@@ -253,13 +243,13 @@ def check_sources(
 ) -> bool:
     """Check `build_vlm`'s sources before any weights load; True when `model_name_or_path` is a
     whole ViT-Split LLaVA folder (then `settings`, the training flags, must be the folder's),
-    False for an LLM and a tower (checked by `preflight.check_sources_load`)."""
+    False for an LLM and a tower (checked by `preflight.checked_parts`)."""
     if not is_vlm_folder(model_name_or_path):
         if vision_tower is None:
             raise ValueError(NO_TOWER)
-        from .preflight import check_sources_load
+        from .preflight import checked_parts
 
-        check_sources_load(model_name_or_path, vision_tower, settings["conv_template"])
+        checked_parts(model_name_or_path, vision_tower, settings["conv_template"])
         return False
     if vision_tower is not None:
         raise ValueError(

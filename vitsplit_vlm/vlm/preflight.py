@@ -108,11 +108,16 @@ def vision_grid(image_processor: Any, patch_size: int, path: str | Path) -> int:
     return height // patch_size
 
 
-def check_sources_load(
-    model_name_or_path: str | Path, vision_tower: str | Path, conv_template: str
-) -> None:
-    """Every check above on the folders of a new VLM (configs, tokenizer and image processor
-    only)."""
+def checked_parts(
+    model_name_or_path: str | Path,
+    vision_tower: str | Path,
+    conv_template: str,
+    *,
+    model_max_length: int = 2048,
+) -> tuple[Any, Any]:
+    """(tokenizer, image processor) of a new VLM, after every check above (configs, tokenizer
+    and image processor only: no weights). The tokenizer is prepared (`prepare_tokenizer`)
+    and pads on the right, as training collates."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
     from .builder import prepare_tokenizer
@@ -120,7 +125,11 @@ def check_sources_load(
 
     check_llm_config(AutoConfig.from_pretrained(model_name_or_path), model_name_or_path)
     config = tower_config(vision_tower)
-    vision_grid(AutoImageProcessor.from_pretrained(vision_tower), config.patch_size, vision_tower)
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    image_processor = AutoImageProcessor.from_pretrained(vision_tower)
+    vision_grid(image_processor, config.patch_size, vision_tower)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_name_or_path, model_max_length=model_max_length, padding_side="right"
+    )
     prepare_tokenizer(tokenizer)
     bind_template(conv_template, tokenizer)
+    return tokenizer, image_processor
