@@ -99,3 +99,31 @@ def test_projector_layers_a_tower_lacks_is_one_clear_error(tiny):
             model_name_or_path=tiny.llama, vision_tower=tiny.clip,
             mm_projector_type="mlp2x_gelu", mm_projector_layers=[1],
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", [*sorted(DENSE_CONNECTOR), "vipllava"])
+def test_stage1_connector_file_of_a_baseline_loads_into_stage2(tiny, tmp_path, kind):
+    """This project's ``mm_projector.safetensors`` for every baseline, and Dense Connector's own
+    stage-1 ``mm_projector.bin`` (LLaVA's ``model.mm_projector.{0,2}`` keys of its MLP)."""
+    from safetensors.torch import save_file
+
+    from vitsplit_vlm.vlm.builder import connector_state_dict
+
+    layers = {"mm_projector_layers": VIPLLAVA_LAYERS} if kind == "vipllava" else {}
+    build = dict(model_name_or_path=tiny.llama, vision_tower=tiny.clip, mm_projector_type=kind)
+    built = build_vlm(**build, **layers)
+    weights = {k: torch.randn_like(v) for k, v in connector_state_dict(built.model).items()}
+    save_file(weights, str(tmp_path / "mm_projector.safetensors"))
+    loaded = build_vlm(**build, **layers, pretrain_mm_mlp_adapter=tmp_path)
+    for key, value in connector_state_dict(loaded.model).items():
+        assert torch.equal(value, weights[key]), key
+    if kind == "vipllava":
+        return
+    llava = {
+        k.replace("model.multi_modal_projector.proj.", "model.mm_projector."): v
+        for k, v in weights.items()
+    }
+    torch.save(llava, tmp_path / "mm_projector.bin")
+    loaded = build_vlm(**build, pretrain_mm_mlp_adapter=tmp_path / "mm_projector.bin")
+    for key, value in connector_state_dict(loaded.model).items():
+        assert torch.equal(value, weights[key]), key
