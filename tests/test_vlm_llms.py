@@ -41,6 +41,7 @@ class Combo:
     end_of_turn: str  # the token generation must stop at
     pad: str  # the pad token the tokenizer is given (its own, else unk, else eos)
     tied: bool  # the LLM ties its input and output embeddings
+    connector: str = "vitsplit"  # --mm_projector_type
 
 
 COMBOS = {
@@ -50,16 +51,21 @@ COMBOS = {
         "gemma3", "dinov2_reg", "chat_template", "<end_of_turn>", "<pad>", True
     ),
     "mistral-dinov2": Combo("mistral", "dinov2", "mistral_instruct", "</s>", "<unk>", False),
+    # a multi-layer baseline whose image tokens outnumber the patches (64 + 2 x 8)
+    "mistral-siglip-dc_sti": Combo(
+        "mistral", "siglip", "mistral_instruct", "</s>", "<unk>", False, "dc_sti"
+    ),
 }
 MAX_NEW = 6
 
 
-def flags(llm: Path, tower: Path, data, out: Path, data_path: Path, version: str) -> list[str]:
+def flags(combo: Combo, llm: Path, tower: Path, data, out: Path, data_path: Path, version: str):
     """LLaVA's training flags at tiny sizes: one step, batch 2, ViT-Split with k = n = 1."""
+    split = ("--vitsplit_k", "1", "--vitsplit_n", "1") if combo.connector == "vitsplit" else ()
     return [str(a) for a in (
         "--model_name_or_path", llm, "--vision_tower", tower, "--data_path", data_path,
         "--image_folder", data.image_folder, "--output_dir", out, "--version", version,
-        "--mm_projector_type", "vitsplit", "--vitsplit_k", "1", "--vitsplit_n", "1",
+        "--mm_projector_type", combo.connector, *split,
         "--per_device_train_batch_size", "2", "--max_steps", "1", "--learning_rate", "1e-3",
         "--model_max_length", "512", "--save_strategy", "no", "--logging_steps", "1",
         "--dataloader_num_workers", "0", "--report_to", "none", "--seed", "0",
@@ -89,12 +95,12 @@ def trained(request, tiny, tiny_llm, data, tmp_path_factory):
     llm, tower = tiny_llm(combo.llm), getattr(tiny, combo.tower)
     root = tmp_path_factory.mktemp(f"llms-{request.param}")
     stage1 = train(
-        [*flags(llm, tower, data, root / "s1", data.pretrain, "plain"),
+        [*flags(combo, llm, tower, data, root / "s1", data.pretrain, "plain"),
          "--tune_mm_mlp_adapter", "True"]
     )  # fmt: skip
     assert_trained(stage1, f"{request.param} stage 1")
     stage2 = train(
-        [*flags(llm, tower, data, root / "s2", data.finetune, combo.version),
+        [*flags(combo, llm, tower, data, root / "s2", data.finetune, combo.version),
          "--pretrain_mm_mlp_adapter", str(root / "s1" / "mm_projector.safetensors")]
     )  # fmt: skip
     assert_trained(stage2, f"{request.param} stage 2")
@@ -113,6 +119,7 @@ def test_saved_model_reloads_with_its_llm_tokenizer_and_template(trained, tiny_l
     assert (config["llm_chat_template"] is not None) == (combo.version == "chat_template")
     llm_type = AutoConfig.from_pretrained(tiny_llm(combo.llm)).model_type
     assert config["text_config"]["model_type"] == llm_type
+    assert config["mm_projector_type"] == combo.connector
 
     engine = VLMEngine.from_pretrained(folder, device="cpu")
     model, tokenizer = engine.model, engine.tokenizer
