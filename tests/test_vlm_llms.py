@@ -108,8 +108,8 @@ def trained(request, tiny, tiny_llm, data, tmp_path_factory):
     return combo, root / "s2"
 
 
-def test_saved_model_reloads_with_its_llm_tokenizer_and_template(trained, tiny_llm):
-    from transformers import AutoConfig
+def test_saved_model_reloads_with_its_llm_tokenizer_and_template(trained, tiny, tiny_llm):
+    from transformers import AutoConfig, AutoImageProcessor
 
     from vitsplit_vlm.vlm.engine import VLMEngine
 
@@ -128,6 +128,13 @@ def test_saved_model_reloads_with_its_llm_tokenizer_and_template(trained, tiny_l
     stops = model.generation_config.eos_token_id
     stops = stops if isinstance(stops, list) else [stops]
     assert tokenizer.convert_tokens_to_ids(combo.end_of_turn) in stops
+    # the processor is the tower's own (size, normalisation); the image tokens follow its grid
+    tower = AutoImageProcessor.from_pretrained(getattr(tiny, combo.tower))
+    assert engine.image_processor.image_mean == tower.image_mean
+    assert engine.image_processor.to_dict()["size"] == tower.to_dict()["size"]
+    grid = 112 // model.config.vision_config.patch_size
+    extra = 2 * (grid * grid // 8) if combo.connector == "dc_sti" else 0
+    assert model.config.image_seq_length == grid * grid + extra
     llm = model.model.language_model
     tied = model.lm_head.weight.data_ptr() == llm.get_input_embeddings().weight.data_ptr()
     assert tied == combo.tied
