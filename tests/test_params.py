@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from vitsplit_vlm.cli import main
 from vitsplit_vlm.params import PAPER_ROWS, count, paper_report
 
@@ -39,6 +41,38 @@ def test_vlm_connector_counts():
     }
     mlp = count(backbone="clip-l-336", task="vlm", connector="mlp2x_gelu", llm_hidden=4096)
     assert mlp["trainable"] == 1024 * 4096 + 4096 + 4096 * 4096 + 4096
+
+
+# LLaVA-1.5 size: CLIP-L/336 (width C = 1024, 24 x 24 patches), Vicuna-7B (D = 4096)
+C, D = 1024, 4096
+MLP2X = {  # mlp2x_gelu from a width: Linear(w -> D), GELU, Linear(D -> D)
+    "width C": C * D + D + D * D + D,
+    "width 3C": 3 * C * D + D + D * D + D,
+}
+BASELINES = {
+    # Dense Connector: STI appends pooled tokens (same MLP); SCI / DCI concatenate 3 x C channels
+    "dc_sti": (MLP2X["width C"], "hidden states 7, 15; 720 image tokens"),
+    "dc_sci": (MLP2X["width 3C"], "hidden states 7, 15; 576 image tokens"),
+    "dc_dci": (MLP2X["width 3C"], "means of hidden states 0-11 and 12-23; 576 image tokens"),
+    # VipLlava: 5 layers concatenated, LayerNorm(5C), Linear(5C -> D), GELU, Linear(D -> D)
+    "vipllava": (2 * 5 * C + 5 * C * D + D + D * D + D, "hidden states -2, -5, -8, -11, 6;"),
+}
+
+
+@pytest.mark.parametrize("connector", sorted(BASELINES))
+def test_multi_layer_baselines_at_llava_1_5_size(connector, capsys):
+    trainable, reads = BASELINES[connector]
+    result = count(backbone="clip-l-336", task="vlm", connector=connector, llm_hidden=D)
+    assert result["trainable"] == result["components"]["head"] == trainable
+    assert reads in result["layers"]
+    main(["params", "--backbone", "clip-l-336", "--task", "vlm", "--connector", connector])
+    assert f"trainable   {trainable:>14,d}" in capsys.readouterr().out
+
+
+def test_baseline_refuses_vitsplit_flags(capsys):
+    assert main(["params", "--task", "vlm", "--backbone", "clip-l-336", "--connector", "dc_sci",
+                 "--k", "2"]) == 2  # fmt: skip
+    assert "--connector dc_sci has no ViT-Split settings" in capsys.readouterr().err
 
 
 def test_prior_task_without_fusion_is_the_sum_of_parts():

@@ -107,9 +107,12 @@ def test_invalid_prompts_raise():
 
 
 def test_registry_and_get_template():
-    assert sorted(TEMPLATES) == ["plain", "vicuna_v1"]
+    assert sorted(TEMPLATES) == [
+        "chat_template", "gemma_instruct", "llava_llama_3", "mistral_instruct", "plain",
+        "qwen_1_5", "vicuna_v1",
+    ]  # fmt: skip
     assert VICUNA.stop_str == "</s>" and PLAIN.stop_str == "\n"
-    with pytest.raises(ValueError, match=r"--version.*'llava_v2'.*\['plain', 'vicuna_v1'\]"):
+    with pytest.raises(ValueError, match=r"--version.*'llava_v2'.*\['chat_template', "):
         get_template("llava_v2")
     with pytest.raises(ValueError, match="Template.style"):
         Template(name="x", system="", style="mpt")

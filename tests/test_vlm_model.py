@@ -125,13 +125,21 @@ def test_image_token_count_mismatch_is_clear(built):
 
 @pytest.mark.parametrize("kind", PROJECTOR_TYPES)
 def test_every_projector_type_builds_and_runs(tiny, kind):
-    b = build_vlm(model_name_or_path=tiny.llama, vision_tower=tiny.clip, mm_projector_type=kind)
+    # the tiny CLIP has 4 blocks: VipLlava's default layers (-2, -5, -8, -11, 6) need 10
+    layers = [-2, -3, 1] if kind == "vipllava" else None
+    b = build_vlm(
+        model_name_or_path=tiny.llama,
+        vision_tower=tiny.clip,
+        mm_projector_type=kind,
+        mm_projector_layers=layers,
+    )
     with torch.no_grad():
         out = b.model(**inputs(b, n=2))
     assert out.logits.shape[0] == 2
     hidden = b.model.config.text_config.hidden_size
     feats = b.model.model.get_image_features(inputs(b)["pixel_values"]).last_hidden_state
-    assert feats.shape == (1, 64, hidden)
+    tokens = 64 + (2 * 64 // 8 if kind == "dc_sti" else 0)  # STI appends two pooled layers
+    assert feats.shape == (1, tokens, hidden) and b.model.config.image_seq_length == tokens
 
 
 def test_stage1_connector_file_loads_and_mismatch_is_clear(built, tiny, tmp_path):

@@ -5,14 +5,15 @@ with `AutoProcessor`) and through the training renderer (`render_conversation` /
 `render_prompt`); the text must be identical, and so must the token ids of the processor
 (`apply_chat_template(..., tokenize=True)`, images expanded) and of training's tokenisation
 (`tokenize_conversation` / `tokenize_prompt`, BOS and image expansion included). What one side
-refuses the other must refuse, with the same reason. Two tokenizers: the project's tiny one and a
-real published 32000-token sentencepiece BPE (`lenml_llama2_tokenizer_dir`).
+refuses the other must refuse, with the same reason. Every template runs with the tokenizers it
+is for (`PAIRS`): the project's tiny one and real published ones (Mistral's, Llama-3's,
+Llama-3.1's, Qwen3's, Gemma3's; ``chat_template`` with each one that has a chat template).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,26 @@ from vitsplit_vlm.vlm.conversation import (
     TEMPLATES,
     InvalidConversation,
     Template,
+    Turns,
+    normalize_image_placeholder,
     render_conversation,
     render_prompt,
 )
 from vitsplit_vlm.vlm.data import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
 from vitsplit_vlm.vlm.processing import build_processor, chat_template, chat_to_messages
+from vitsplit_vlm.vlm.tokenizer_chat import bind_template
 
-TOKENIZERS = ("tiny", "lenml-llama2")
+# template -> the tokenizers it is checked with (kinds of the `tokenizer_dir` fixture)
+TOKENIZERS_OF = {
+    "plain": ("tiny", "mistral"),
+    "vicuna_v1": ("tiny", "mistral"),
+    "llava_llama_3": ("llama3", "llama3_1"),
+    "qwen_1_5": ("qwen3",),
+    "mistral_instruct": ("mistral",),
+    "gemma_instruct": ("gemma3",),
+    "chat_template": ("llama3", "llama3_1", "qwen3", "gemma3"),
+}
+PAIRS = [(name, kind) for name, kinds in TOKENIZERS_OF.items() for kind in kinds]
 IMAGE = Image.new("RGB", (112, 112), (200, 30, 30))
 
 
@@ -119,17 +133,14 @@ def renderings(messages: list[dict]) -> list[tuple[str, list[dict], bool]]:
 
 @dataclass(frozen=True)
 class Setup:
-    """A reloaded saved processor, and the tokenizer as training prepares it (`build_vlm`)."""
+    """A reloaded saved processor, and the tokenizer and template as training prepares them
+    (`build_vlm`: `prepare_tokenizer`, `bind_template`)."""
 
+    template: Template
     processor: Any
     train_tokenizer: Any
     num_image_tokens: int
     image_token_id: int
-
-
-@pytest.fixture(scope="module", params=TOKENIZERS)
-def tokenizer_kind(request) -> str:
-    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -139,48 +150,49 @@ def saved_processor(vlm_dir):
 
 
 @pytest.fixture(scope="module")
-def setups(tokenizer_kind, tiny, vlm_dir, saved_processor, tmp_path_factory, request):
-    """``setups(template_name)`` -> `Setup`, built once per tokenizer and template.
+def setups(tokenizer_dir, vlm_dir, saved_processor, tmp_path_factory):
+    """``setups(template_name, tokenizer_kind)`` -> `Setup`, built once per pair.
 
     The tiny tokenizer with the saved model's own template uses the processor `build_vlm` saved
     in `vlm_dir`; the others are built with `build_processor` from the same parts, saved and
-    reloaded with `AutoProcessor` (the path a user of a saved model takes). The training
-    tokenizer is loaded and prepared as `build_vlm` does."""
-    saved = saved_processor
+    reloaded with `AutoProcessor` (the path a user of a saved model takes)."""
     config = json.loads((Path(vlm_dir) / "config.json").read_text())
-    if tokenizer_kind == "tiny":
-        llm_dir = tiny.llama
-    else:
-        llm_dir = request.getfixturevalue("lenml_llama2_tokenizer_dir")
-    cache: dict[str, Setup] = {}
+    cache: dict[tuple[str, str], Setup] = {}
 
-    def get(name: str) -> Setup:
-        if name in cache:
-            return cache[name]
+    def get(name: str, kind: str) -> Setup:
+        if (name, kind) in cache:
+            return cache[name, kind]
         train_tokenizer = AutoTokenizer.from_pretrained(
-            llm_dir, model_max_length=2048, padding_side="right"
+            tokenizer_dir(kind), model_max_length=2048, padding_side="right"
         )
         prepare_tokenizer(train_tokenizer)
-        if tokenizer_kind == "tiny" and name == config["conv_template"]:
-            processor = saved
+        template = bind_template(name, train_tokenizer)
+        if kind == "tiny" and name == config["conv_template"]:
+            processor = saved_processor
         else:
-            folder = tmp_path_factory.mktemp(f"processor-{tokenizer_kind}-{name}")
+            folder = tmp_path_factory.mktemp(f"processor-{kind}-{name}")
             build_processor(
-                saved.image_processor,
+                saved_processor.image_processor,
                 train_tokenizer,
-                patch_size=saved.patch_size,
+                patch_size=saved_processor.patch_size,
                 conv_template=name,
+                template=template,
             ).save_pretrained(folder)
             processor = AutoProcessor.from_pretrained(folder)
-        cache[name] = Setup(
+        cache[name, kind] = Setup(
+            template=template,
             processor=processor,
             train_tokenizer=train_tokenizer,
             num_image_tokens=config["image_seq_length"],
             image_token_id=train_tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
         )
-        return cache[name]
+        return cache[name, kind]
 
     return get
+
+
+def test_every_template_is_checked_with_a_tokenizer():
+    assert sorted(TOKENIZERS_OF) == sorted(TEMPLATES)
 
 
 # --------------------------------------------------------------------------- the two paths
@@ -241,11 +253,12 @@ def _reason(err: Exception) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(CONVERSATIONS))
-@pytest.mark.parametrize("name", sorted(TEMPLATES))
-def test_processor_renders_and_tokenizes_as_training(setups, name, case):
-    template, setup = TEMPLATES[name], setups(name)
+@pytest.mark.parametrize(("name", "kind"), PAIRS)
+def test_processor_renders_and_tokenizes_as_training(setups, name, kind, case):
+    setup = setups(name, kind)
+    template = setup.template
     for label, messages, generation in renderings(CONVERSATIONS[case]):
-        where = f"{name}/{case}/{label}"
+        where = f"{name}/{kind}/{case}/{label}"
         try:
             want = reference_text(template, messages, generation)
         except InvalidConversation as err:
@@ -263,10 +276,11 @@ def test_processor_renders_and_tokenizes_as_training(setups, name, case):
         )
 
 
-@pytest.mark.parametrize("name", sorted(TEMPLATES))
-def test_assistant_mask_is_the_training_loss_mask(setups, name):
+@pytest.mark.parametrize(("name", "kind"), PAIRS)
+def test_assistant_mask_is_the_training_loss_mask(setups, name, kind):
     """``return_assistant_tokens_mask`` marks exactly the tokens training supervises."""
-    template, setup = TEMPLATES[name], setups(name)
+    setup = setups(name, kind)
+    template = setup.template
     for case in ("image_first_1_round", "unicode_code_3_rounds", "placeholder_in_string_content"):
         messages = CONVERSATIONS[case]
         try:
@@ -296,10 +310,95 @@ def test_assistant_mask_is_the_training_loss_mask(setups, name):
         assert torch.equal(batch["assistant_masks"][0].long(), supervised), f"{name}/{case}"
 
 
-@pytest.mark.parametrize("name", sorted(TEMPLATES))
-def test_every_template_accepts_a_first_round_with_an_image(name):
+# What closes a reply, written out per template and tokenizer (not read from the Template).
+END_OF_TURN = {
+    "plain": "\n",
+    "vicuna_v1": "</s>",
+    "llava_llama_3": "<|eot_id|>",
+    "qwen_1_5": "<|im_end|>",
+    "mistral_instruct": " </s>",  # LLaVA-NeXT's LLAMA_2 style: a space before </s>
+    "gemma_instruct": "<end_of_turn>",
+    ("chat_template", "llama3"): "<|eot_id|>",
+    ("chat_template", "llama3_1"): "<|eot_id|>",
+    ("chat_template", "qwen3"): "<|im_end|>",
+    ("chat_template", "gemma3"): "<end_of_turn>",
+}
+QWEN3_EMPTY_THINK = "<think>\n\n</think>\n\n"  # Qwen3 writes it before the last reply
+
+
+def supervised_runs(labels: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive supervised label positions."""
+    runs: list[tuple[int, int]] = []
+    for i, on in enumerate((labels != IGNORE_INDEX).tolist()):
+        if on and runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        elif on:
+            runs.append((i, i + 1))
+    return runs
+
+
+@pytest.mark.parametrize("case", sorted(CONVERSATIONS))
+@pytest.mark.parametrize(("name", "kind"), [p for p in PAIRS if p[1] != "tiny"])
+def test_labels_are_the_replies_and_prompts_the_training_prefix(setups, name, kind, case):
+    """With each real tokenizer: the supervised tokens decode to exactly each reply and its end
+    of turn (no header, cue or newline of the template), and the inference prompt of each round
+    is the training sequence up to that reply, token for token."""
+    setup = setups(name, kind)
+    template, tokenizer = setup.template, setup.train_tokenizer
+    try:
+        pairs = chat_to_messages(CONVERSATIONS[case], template)
+        render_conversation(template, pairs)
+    except InvalidConversation:
+        assert name == "plain", f"{name}/{kind}/{case} refused"  # plain takes one image round
+        return
+    names = {template.user: "human", template.assistant: "gpt"}
+    kwargs = dict(num_image_tokens=setup.num_image_tokens, image_token_id=setup.image_token_id)
+    sample = tokenize_conversation(
+        [{"from": names[r], "value": v} for r, v in pairs], tokenizer, template,
+        max_length=100_000, **kwargs,
+    )  # fmt: skip
+    replies = [text for role, text in pairs if role == template.assistant]
+    runs = supervised_runs(sample.labels)
+    assert len(runs) == len(replies), f"{name}/{kind}/{case}: {len(runs)} supervised runs"
+    eot = END_OF_TURN.get((name, kind), END_OF_TURN.get(name))
+    for k, ((start, end), answer) in enumerate(zip(runs, replies, strict=True)):
+        where = f"{name}/{kind}/{case}/reply {k + 1}"
+        got = tokenizer.decode(sample.input_ids[start:end]).strip()
+        want = {(answer + eot).strip(), (answer.strip() + eot).strip()}
+        if (name, kind) == ("chat_template", "qwen3") and k == len(replies) - 1:
+            want = {QWEN3_EMPTY_THINK + w for w in want}
+        assert got in want, f"{where}: supervised {got!r}, want one of {want}"
+        assert torch.equal(sample.labels[start:end], sample.input_ids[start:end]), where
+        # the history as LLaVA holds it (images moved to the first message), up to this reply
+        prompt = render_prompt(template, normalize_image_placeholder(pairs, template)[: 2 * k + 1])
+        ids = tokenize_prompt(prompt, tokenizer, **kwargs)
+        assert ids.tolist() == sample.input_ids[:start].tolist(), (
+            f"{where}: prompt {tokenizer.decode(ids)!r} vs training prefix "
+            f"{tokenizer.decode(sample.input_ids[:start])!r}"
+        )
+
+
+def test_chat_template_renders_as_the_tokenizers_own_apply_chat_template(setups):
+    """``--version chat_template`` is the tokenizer's template: text-only conversations (no image
+    to normalise) render as ``tokenizer.apply_chat_template`` renders them."""
+    unicode_code = [user("Écris du code ✨"), reply(CODE_REPLY), user("日本語?"), reply("はい 🔴")]
+    for kind in TOKENIZERS_OF["chat_template"]:
+        setup = setups("chat_template", kind)
+        own = setup.train_tokenizer.apply_chat_template
+        for messages in (CONVERSATIONS["no_image_2_rounds"], unicode_code):
+            where = f"{kind}/{messages[0]['content']}"
+            assert reference_text(setup.template, messages, False) == own(
+                messages, tokenize=False
+            ), where
+            assert reference_text(setup.template, messages[:3], True) == own(
+                messages[:3], tokenize=False, add_generation_prompt=True
+            ), where
+
+
+@pytest.mark.parametrize(("name", "kind"), PAIRS)
+def test_every_template_accepts_a_first_round_with_an_image(setups, name, kind):
     """The parity test is not vacuous: each template renders a one-round image conversation."""
-    template = TEMPLATES[name]
+    template = setups(name, kind).template
     messages = CONVERSATIONS["image_first_1_round"]
     assert reference_text(template, messages, False).startswith(template.system)
     assert IMAGE_PLACEHOLDER in reference_text(template, messages[:1], True)
@@ -329,8 +428,8 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
-def test_both_renderers_refuse_the_same_conversations(saved_processor, name, case):
-    template = TEMPLATES[name]
+def test_both_renderers_refuse_the_same_conversations(setups, saved_processor, name, case):
+    template = setups(name, TOKENIZERS_OF[name][0]).template
     messages, generation = REFUSED[case]
     with pytest.raises(InvalidConversation) as expected:
         reference_text(template, messages, generation)
@@ -341,6 +440,22 @@ def test_both_renderers_refuse_the_same_conversations(saved_processor, name, cas
     assert _reason(refused.value) == expected.value.reason
 
 
+@pytest.mark.parametrize(("name", "kind"), [p for p in PAIRS if TEMPLATES[p[0]].markers])
+def test_markup_in_a_message_is_refused_by_both(setups, name, kind):
+    """A chat format's markup inside a message would end a turn early: ``marker_in_text``."""
+    setup = setups(name, kind)
+    marker = setup.template.reserved[-1] if setup.template.reserved else None
+    if marker is None:  # vicuna_v1 keeps LLaVA-1.5's behaviour: "</s>" in text is rendered
+        return
+    for messages in ([user(image(), text(f"Hi {marker}")), reply("Hello")],
+                     [user(image(), text("Hi")), reply(f"Hello {marker} again")]):  # fmt: skip
+        with pytest.raises(InvalidConversation) as expected:
+            reference_text(setup.template, messages, False)
+        assert expected.value.reason == "marker_in_text"
+        with pytest.raises(TemplateError, match="^marker_in_text"):
+            setup.processor.apply_chat_template(messages)
+
+
 def test_system_message_refused_by_the_training_renderer():
     template = TEMPLATES["vicuna_v1"]
     for render in (render_prompt, lambda t, m: render_conversation(t, [*m, ("ASSISTANT", "a")])):
@@ -349,17 +464,42 @@ def test_system_message_refused_by_the_training_renderer():
         assert info.value.reason == "bad_roles"
 
 
+ODD_SYSTEM = 'Say "hi" {{ x }} {% raw %} #} \\n\\ ü 🐱\n'
+ODD_TURNS = Turns(
+    user_start='<|u|> "{{" ',
+    user_end="{% x %}\n",
+    reply_cue="\\ Bot's: ",
+    reply_start=" ",
+    reply_end="<|end|> ✓",
+    turn_end="\n\n",
+    strip=True,
+)
+# A tokenizer chat template with odd text, whitespace control, a comment, its own generation tags
+# and a leading newline: embedded as a macro it must render as it does alone.
+ODD_JINJA = (
+    "\n{{ bos_token }}{#- c -#}\n{%- for m in messages %}\n"
+    "  {%- if m['role'] == 'user' %}<<U>> \"{{ m['content'] }}\" ü\n"
+    "  {%- else %}{% generation %}[[A]] {{ m['content'] | trim }}{% endgeneration %}</s>\n"
+    "  {%- endif %}\n{%- endfor %}\n{%- if add_generation_prompt %}[[A]] {% endif %}"
+)
+
+
 @pytest.mark.parametrize("style", STYLES)
-def test_generated_template_keeps_any_template_text_exact(saved_processor, style):
+def test_generated_template_keeps_any_template_text_exact(saved_processor, tokenizer_dir, style):
     """Quotes, braces, backslashes, newlines and non-ASCII in a template survive the generation."""
     odd = Template(
         name="odd",
-        system='Say "hi" {{ x }} {% raw %} #} \\n\\ ü 🐱\n',
+        system=ODD_SYSTEM,
         roles=("Human", "Bot's"),
         sep="\n### ",
         sep2="<|end|>\n",
         style=style,
+        turns=ODD_TURNS if style == "turns" else None,
     )
+    if style == "chat_template":
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir("tiny"))
+        tokenizer.chat_template = ODD_JINJA
+        odd = replace(bind_template("chat_template", tokenizer), roles=odd.roles)
     messages = CONVERSATIONS["image_first_1_round"]
     template = chat_template(odd)
     for generation, sent in ((True, messages[:1]), (False, messages)):

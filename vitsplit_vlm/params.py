@@ -197,9 +197,27 @@ def _vlm_groups(vision, connector: str, llm_hidden: int, split: Mapping) -> tupl
     heads = getattr(module, "heads", None)
     groups = {"head": _numel(module.proj)}
     if heads is None:
-        return groups, f"{connector} on the feature layer {config.vision_feature_layer}"
+        return groups, _baseline_layers(config, vision)
     groups.update({name: _numel(getattr(heads, name)) for name in COMPONENT_KEYS[:3]})
     return groups, f"{_describe(config.vitsplit)} (preset of --connector {connector})"
+
+
+def _baseline_layers(config, vision) -> str:
+    """What a LLaVA-side connector reads, and how many image tokens it gives the LLM."""
+    from .vlm.configuration import dci_halves, extra_image_tokens, hidden_index
+
+    kind, layers = config.mm_projector_type, config.mm_projector_layers
+    grid = (vision.image_size // vision.patch_size) ** 2
+    tokens = f"{grid + extra_image_tokens(kind, grid)} image tokens"
+    if kind == "vipllava":
+        return f"vipllava on hidden states {', '.join(map(str, layers))}; {tokens}"
+    reads = f"{kind} on the feature layer {config.vision_feature_layer}"
+    if kind == "dc_dci":  # the two halves of hidden states 0 .. f, averaged
+        low, high = dci_halves(hidden_index(config.vision_feature_layer, vision.num_hidden_layers))
+        reads += f" and the means of hidden states {low[0]}-{low[-1]} and {high[0]}-{high[-1]}"
+    elif layers:
+        reads += f" and hidden states {', '.join(map(str, layers))}"
+    return f"{reads}; {tokens}"
 
 
 def _trunk(vision):

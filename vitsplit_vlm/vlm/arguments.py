@@ -41,13 +41,24 @@ class ModelArguments:
     )
     version: str = field(
         default="vicuna_v1",
-        metadata={"help": "conversation template: " + " | ".join(TEMPLATES) + " (plain: stage 1)"},
+        metadata={
+            "help": "conversation template: " + " | ".join(TEMPLATES) + " (plain: stage 1; "
+            "chat_template: the LLM tokenizer's own)"
+        },
     )
     mm_projector_type: str = field(
         default="vitsplit", metadata={"help": "the connector: " + " | ".join(PROJECTOR_TYPES)}
     )
     mm_vision_select_layer: int = field(
         default=-2, metadata={"help": "feature layer (HF index; ViT-Split's feature_layer)"}
+    )
+    mm_projector_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "hidden states a multi-layer baseline reads besides the feature layer "
+            "(dc_sti / dc_sci: two; vipllava: all it concatenates); default: the baseline's "
+            "own for the tower's depth"
+        },
     )
     mm_vision_select_feature: str = field(default="patch", metadata={"help": "only 'patch'"})
     tune_mm_mlp_adapter: bool = field(

@@ -7,7 +7,9 @@ This is LLaVA's `initialize_vision_modules`, done once and explicitly:
                       mm_projector_type="vitsplit")
     built.model, built.tokenizer, built.image_processor, built.processor
 
-- the tokenizer gets `<image>` (and `pad = unk`, as LLaVA-1.5 does for Vicuna);
+- the tokenizer gets `<image>` and a pad token (its own, else `unk` as LLaVA-1.5 does for
+  Vicuna, else `eos`);
+- the LLM, the tower and the template are checked before any weight loads (`preflight`);
 - the task head is copied from the *loaded* tower's blocks at build time;
 - `pretrain_mm_mlp_adapter` (a stage-1 connector file: this project's
   ``mm_projector.safetensors``, or LLaVA's / the official ViT-Split code's ``mm_projector.bin``)
@@ -32,8 +34,9 @@ import torch.nn as nn
 from ..core import ViTSplitConfig
 from ..core.trunk import trunk_spec, unwrap_vision_model
 from .checkpoints import LLAVA_PROJECTOR, connector_keys, read_weight_file
-from .configuration import ViTSplitLlavaConfig
+from .configuration import ViTSplitLlavaConfig, extra_image_tokens
 from .connector import _gathered
+from .conversation import Template
 from .modeling import ViTSplitLlavaForConditionalGeneration
 from .processing import DEFAULT_IMAGE_TOKEN, build_processor
 
@@ -49,11 +52,22 @@ class BuiltVLM:
 
 
 def prepare_tokenizer(tokenizer) -> None:
-    """Add `<image>` as a special token and use `unk` as pad (LLaVA-1.5 with Vicuna)."""
+    """Add `<image>` as a special token and give the tokenizer a pad token: its own (Qwen,
+    Gemma), else `unk` (LLaVA-1.5 with Vicuna), else `eos` (Llama-3 has neither).
+
+    Batches are padded by this project's collators (right for training, left for generation,
+    whatever `padding_side` the tokenizer ships with) and padding is masked by the attention mask
+    and by IGNORE_INDEX labels, so a pad id equal to the eos id is harmless. A tokenizer that
+    names an image token of its own (Gemma3's ``<image_soft_token>``) is given `<image>` as
+    its image token: `LlavaProcessor` expands the tokenizer's image token.
+    """
     if DEFAULT_IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [DEFAULT_IMAGE_TOKEN]})
+    if getattr(tokenizer, "image_token", DEFAULT_IMAGE_TOKEN) != DEFAULT_IMAGE_TOKEN:
+        tokenizer.image_token = DEFAULT_IMAGE_TOKEN
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token
+        unk = tokenizer.unk_token
+        tokenizer.pad_token = unk if unk is not None else tokenizer.eos_token
 
 
 def build_vlm(
@@ -63,6 +77,7 @@ def build_vlm(
     mm_projector_type: str = "vitsplit",
     mm_vision_select_layer: int = -2,
     vitsplit_config: ViTSplitConfig | None = None,
+    mm_projector_layers: list[int] | None = None,
     conv_template: str = "vicuna_v1",
     image_aspect_ratio: str = "pad",
     model_max_length: int = 2048,
@@ -75,40 +90,64 @@ def build_vlm(
     `vitsplit_config` is the connector's `ViTSplitConfig` (default: the projector's preset,
     `connector_preset`); its `feature_layer` must equal `mm_vision_select_layer`. When
     `model_name_or_path` is a ViT-Split LLaVA folder, `load_vlm` loads it instead (no
-    `vision_tower` then; the other settings must be the folder's).
+    `vision_tower` then; the other settings must be the folder's). Otherwise the LLM, the tower
+    and the template are checked (`preflight`) before any weights load.
     """
-    from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
     settings = dict(
         mm_projector_type=mm_projector_type,
         mm_vision_select_layer=mm_vision_select_layer,
         vitsplit_config=vitsplit_config,
+        mm_projector_layers=mm_projector_layers,
         conv_template=conv_template,
         image_aspect_ratio=image_aspect_ratio,
     )
     load_kw = dict(dtype=dtype) if dtype is not None else {}
     if attn_implementation:
         load_kw["attn_implementation"] = attn_implementation
-    if check_sources(model_name_or_path, vision_tower, **settings):
+    if is_vlm_folder(model_name_or_path):
+        check_sources(model_name_or_path, vision_tower, **settings)
         built = load_vlm(model_name_or_path, model_max_length=model_max_length, **load_kw)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_name_or_path, model_max_length=model_max_length, padding_side="right"
-        )
-        llm = AutoModelForCausalLM.from_pretrained(model_name_or_path, **load_kw)
-        tower = unwrap_vision_model(AutoModel.from_pretrained(vision_tower, **load_kw))
-        image_processor = AutoImageProcessor.from_pretrained(vision_tower)
-        built = assemble_vlm(
-            llm=llm,
-            tower=tower,
-            tokenizer=tokenizer,
-            image_processor=image_processor,
-            dtype=dtype,
-            **settings,
+        built = _build_new(
+            model_name_or_path, vision_tower, settings, model_max_length, dtype, load_kw
         )
     if pretrain_mm_mlp_adapter:
         load_connector(built.model, pretrain_mm_mlp_adapter)
     return built
+
+
+def _build_new(
+    model_name_or_path: str | Path,
+    vision_tower: str | Path | None,
+    settings: dict,
+    model_max_length: int,
+    dtype: torch.dtype | None,
+    load_kw: dict,
+) -> BuiltVLM:
+    """A new VLM from an LLM folder and a tower folder: tokenizer, image processor and configs
+    are read and checked first, then the weights load."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from .preflight import checked_parts
+
+    if vision_tower is None:
+        raise ValueError(NO_TOWER)
+    tokenizer, image_processor = checked_parts(
+        model_name_or_path,
+        vision_tower,
+        settings["conv_template"],
+        model_max_length=model_max_length,
+    )
+    llm = AutoModelForCausalLM.from_pretrained(model_name_or_path, **load_kw)
+    tower = unwrap_vision_model(AutoModel.from_pretrained(vision_tower, **load_kw))
+    return assemble_vlm(
+        llm=llm,
+        tower=tower,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        dtype=dtype,
+        **settings,
+    )
 
 
 def assemble_vlm(
@@ -122,24 +161,37 @@ def assemble_vlm(
     vitsplit_config: ViTSplitConfig | None,
     conv_template: str,
     image_aspect_ratio: str,
+    mm_projector_layers: list[int] | None = None,
     dtype: torch.dtype | None = None,
 ) -> BuiltVLM:
     """A loaded causal LM (embeddings grown to the tokenizer, `grow_embeddings`) and a loaded
-    vision tower -> LLaVA + connector and its processor; the task head copies the tower's block."""
+    vision tower -> LLaVA + connector and its processor; the task head copies the tower's block.
+
+    The patch grid comes from the image processor's output (`preflight.vision_grid`);
+    ``image_seq_length`` is its size plus what the connector adds (`extra_image_tokens`). With
+    ``conv_template="chat_template"`` the config records the tokenizer's Jinja.
+    """
+    from .preflight import vision_grid
+    from .tokenizer_chat import bind_template
+
     prepare_tokenizer(tokenizer)
+    template = bind_template(conv_template, tokenizer)
     grow_embeddings(llm, len(tokenizer))
     spec = trunk_spec(tower)
-    grid = spec.image_size // spec.patch_size
+    grid = vision_grid(image_processor, spec.patch_size, "the vision tower")
+    extra = extra_image_tokens(mm_projector_type, grid * grid)
     config = ViTSplitLlavaConfig(
         vision_config=tower.config.to_dict(),
         text_config=llm.config.to_dict(),
         image_token_index=tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN),
-        image_seq_length=grid * grid,
+        image_seq_length=grid * grid + extra,
         vision_feature_layer=mm_vision_select_layer,
         vision_feature_select_strategy="full",
         mm_projector_type=mm_projector_type,
         vitsplit_config=vitsplit_config,
+        mm_projector_layers=mm_projector_layers,
         conv_template=conv_template,
+        llm_chat_template=template.chat.source if template.chat is not None else None,
         image_aspect_ratio=image_aspect_ratio,
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -150,11 +202,27 @@ def assemble_vlm(
     if dtype is not None:
         model.connector.to(dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = stop_token_ids(template, tokenizer)
     processor = build_processor(
-        image_processor, tokenizer, patch_size=spec.patch_size, conv_template=conv_template
+        image_processor,
+        tokenizer,
+        patch_size=spec.patch_size,
+        conv_template=conv_template,
+        template=template,
+        extra_image_tokens=extra,
     )
     return BuiltVLM(model, tokenizer, image_processor, processor)
+
+
+def stop_token_ids(template: Template, tokenizer) -> int | list[int]:
+    """The ids generation stops at: the tokenizer's eos and the template's end-of-turn token
+    (Llama-3's ``<|eot_id|>`` beside ``<|end_of_text|>``); one int when they agree."""
+    ids = [tokenizer.eos_token_id]
+    stop = template.stop_str
+    token = tokenizer.convert_tokens_to_ids(stop) if stop else None
+    if token is not None and token != tokenizer.unk_token_id and token not in ids:
+        ids.append(token)
+    return ids[0] if len(ids) == 1 else ids
 
 
 def is_vlm_folder(path: str | Path) -> bool:
@@ -165,17 +233,23 @@ def is_vlm_folder(path: str | Path) -> bool:
     return json.loads(config.read_text()).get("model_type") == ViTSplitLlavaConfig.model_type
 
 
+NO_TOWER = (
+    "--vision_tower is required: --model_name_or_path is an LLM, not a ViT-Split LLaVA model folder"
+)
+
+
 def check_sources(
     model_name_or_path: str | Path, vision_tower: str | Path | None, **settings
 ) -> bool:
     """Check `build_vlm`'s sources before any weights load; True when `model_name_or_path` is a
-    whole ViT-Split LLaVA folder (then `settings`, the training flags, must be the folder's)."""
+    whole ViT-Split LLaVA folder (then `settings`, the training flags, must be the folder's),
+    False for an LLM and a tower (checked by `preflight.checked_parts`)."""
     if not is_vlm_folder(model_name_or_path):
         if vision_tower is None:
-            raise ValueError(
-                "--vision_tower is required: --model_name_or_path is an LLM, not a ViT-Split "
-                "LLaVA model folder"
-            )
+            raise ValueError(NO_TOWER)
+        from .preflight import checked_parts
+
+        checked_parts(model_name_or_path, vision_tower, settings["conv_template"])
         return False
     if vision_tower is not None:
         raise ValueError(
@@ -209,6 +283,7 @@ def check_folder_settings(
     vitsplit_config: ViTSplitConfig | None,
     conv_template: str,
     image_aspect_ratio: str,
+    mm_projector_layers: list[int] | None = None,
 ) -> None:
     """One `ValueError` naming every training flag that contradicts the model folder it trains
     (the flags describe a model that exists; their defaults must match it too)."""
@@ -218,6 +293,8 @@ def check_folder_settings(
         "--version": (conv_template, config.conv_template),
         "--image_aspect_ratio": (image_aspect_ratio, config.image_aspect_ratio),
     }
+    if mm_projector_layers is not None:
+        given["--mm_projector_layers"] = (list(mm_projector_layers), config.mm_projector_layers)
     if vitsplit_config is not None and config.vitsplit_config is not None:
         saved = config.vitsplit_config
         if vitsplit_config.out_channels is None:  # the preset leaves it to the model (LLM width)

@@ -35,6 +35,10 @@ _CONNECTOR_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("fusion_conv.", "heads.fusion."),
     ),
     "mlp2x_gelu": (("0.", "proj.0."), ("2.", "proj.2.")),
+    # Dense Connector's stage-1 files: its mm_projector is LLaVA's mlp2x_gelu (wider input)
+    "dc_sti": (("0.", "proj.0."), ("2.", "proj.2.")),
+    "dc_sci": (("0.", "proj.0."), ("2.", "proj.2.")),
+    "dc_dci": (("0.", "proj.0."), ("2.", "proj.2.")),
     "linear": (("weight", "proj.0.weight"), ("bias", "proj.0.bias")),
 }
 

@@ -7,7 +7,8 @@ and returns image tokens (B, h*w, D_llm):
   prior head, fusion projected to the LLM width.
 - `vitsplit_dense`: the paper's dense variant (deformable convs at the vision width) followed by
   LLaVA's `mlp2x_gelu` to the LLM width.
-- `mlp2x_gelu` / `linear`: LLaVA-1.5's baselines on the feature layer's patch tokens.
+- `mlp2x_gelu` / `linear`: LLaVA-1.5's baselines on the feature layer's patch tokens;
+- `dc_sti` / `dc_sci` / `dc_dci` / `vipllava`: multi-layer baselines (`baselines`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn as nn
 from ..core import ViTSplitHeads
 from ..core.layers import DeformBlock
 from ..core.trunk import trunk_blocks, trunk_final_norm, trunk_spec
+from .baselines import DenseConnector, VipLlavaConnector
 from .configuration import ViTSplitLlavaConfig, check_feature_layer
 from .projectors import mlp_projector
 
@@ -89,6 +91,10 @@ CONNECTORS: dict[str, type[nn.Module]] = {
     "vitsplit_dense": ViTSplitConnector,
     "mlp2x_gelu": MLPConnector,
     "linear": MLPConnector,
+    "dc_sti": DenseConnector,
+    "dc_sci": DenseConnector,
+    "dc_dci": DenseConnector,
+    "vipllava": VipLlavaConnector,
 }
 
 

@@ -57,6 +57,8 @@ SKIP_REASONS = (
     "corrupt_image",
     "too_long",  # truncation would cut image tokens or leave no supervised token
     "tokenization_mismatch",  # a token straddles the boundary of a supervised span
+    "marker_in_text",  # a message holds a chat format's markup (e.g. "<|im_end|>")
+    "template_mismatch",  # the tokenizer's chat template renders a reply out of place
 )
 
 
@@ -117,10 +119,14 @@ def llava_messages(
 def _encode(
     text: str, tokenizer: PreTrainedTokenizerBase, image_token_id: int
 ) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets of `text` with BOS prepended (offsets (0, 0) for BOS)."""
+    """Token ids and character offsets of `text` as the processor tokenizes a chat-template
+    string: with the tokenizer's own special tokens (its BOS, offsets (0, 0); none for Qwen),
+    unless the text already starts with the BOS token (a template that writes it)."""
     if not tokenizer.is_fast:
         raise ValueError("a fast tokenizer (return_offsets_mapping) is required")
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    bos = tokenizer.bos_token
+    add_special = not (bos and text.startswith(bos))
+    enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
     image_spans = [(s, e) for i, (s, e) in zip(ids, offsets, strict=True) if i == image_token_id]
     if len(image_spans) != text.count(IMAGE_PLACEHOLDER) or any(
@@ -131,8 +137,6 @@ def _encode(
             f"{image_token_id}; register it with tokenizer.add_tokens([{IMAGE_PLACEHOLDER!r}], "
             "special_tokens=True) and pass its id"
         )
-    if tokenizer.bos_token_id is not None:
-        ids, offsets = [tokenizer.bos_token_id, *ids], [(0, 0), *offsets]
     return ids, offsets
 
 
@@ -242,7 +246,8 @@ def tokenize_prompt(
     prompt: str, tokenizer: PreTrainedTokenizerBase, *, num_image_tokens: int, image_token_id: int
 ) -> torch.Tensor:
     """Token ids (L,) of a rendered prompt (`render_prompt`) exactly as training tokenizes it:
-    BOS, then the text with each ``<image>`` expanded to `num_image_tokens` image tokens."""
+    the tokenizer's BOS (if it adds one), then the text with each ``<image>`` expanded to
+    `num_image_tokens` image tokens."""
     ids, _ = _encode(prompt, tokenizer, image_token_id)
     ids, _ = _expand_images(ids, ids, image_token_id, num_image_tokens)
     return torch.tensor(ids, dtype=torch.long)

@@ -6,9 +6,11 @@ Evaluation, the lmms-eval plugin, the CLI chat and the Gradio demo all use it:
     engine.generate([Request(image, [("USER", "<image>\\nWhat colour is the circle?")])])
     for partial in engine.stream(image, messages): ...
 
-The conversation template comes from the saved config (`conv_template`), never from a folder
-name. Batches are left-padded and decoded greedily at temperature 0 (KV cache on), so batched
-answers equal batch-1 answers.
+The conversation template comes from the saved config (`conv_template`; for ``chat_template``
+the LLM tokenizer's Jinja it recorded, `llm_chat_template`), never from a folder name.
+Generation stops at the tokenizer's eos and at the template's end-of-turn token. Batches are
+left-padded and decoded greedily at temperature 0 (KV cache on), so batched answers equal
+batch-1 answers.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .conversation import IMAGE_PLACEHOLDER, Message, Template, get_template, render_prompt
+from .conversation import IMAGE_PLACEHOLDER, Message, Template, render_prompt
 from .data import background_color, expand2square, tokenize_prompt
+from .tokenizer_chat import bind_template
 
 
 @dataclass
@@ -67,8 +70,12 @@ class VLMEngine:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_processor = processor.image_processor
-        self.template = template or get_template(model.config.conv_template)
         self.config = model.config
+        self.template = template or bind_template(
+            model.config.conv_template,
+            self.tokenizer,
+            source=getattr(model.config, "llm_chat_template", None),
+        )
 
     @classmethod
     def from_pretrained(
@@ -157,10 +164,18 @@ class VLMEngine:
         return ids
 
     def _clean(self, text: str) -> str:
+        """The answer: cut at the stop string, stripped, without what the template writes before
+        a reply (Qwen3's empty ``<think>`` block; "" while it is still being written)."""
         stop = self.template.stop_str
         if stop and stop in text:
             text = text[: text.index(stop)]
-        return text.strip()
+        text = text.strip()
+        prefix = self.template.chat.reply_prefix.strip() if self.template.chat else ""
+        if prefix and text.startswith(prefix):
+            return text[len(prefix) :].strip()
+        if prefix and prefix.startswith(text):
+            return ""
+        return text
 
     @torch.inference_mode()
     def generate(

@@ -44,6 +44,7 @@ def merge_lora(model_path: Path, *, model_base: str | None = None, vision_tower:
         mm_projector_type=cfg.mm_projector_type,
         mm_vision_select_layer=cfg.vision_feature_layer,
         vitsplit_config=cfg.vitsplit_config,
+        mm_projector_layers=cfg.mm_projector_layers,
         conv_template=cfg.conv_template,
         image_aspect_ratio=cfg.image_aspect_ratio,
         pretrain_mm_mlp_adapter=model_path / "mm_projector.safetensors",

@@ -137,13 +137,14 @@ def parse_args(argv: list[str]):
 
 
 def model_settings(model_args, data_args, connector) -> dict:
-    """The model-describing flags as `build_vlm` takes them (stage 1's `plain` template trains
-    a model that chats with `vicuna_v1`)."""
+    """The model-describing flags as `build_vlm` takes them (the config records the template
+    the run trains with: `plain` for stage 1, whatever the LLM's tokenizer)."""
     return dict(
         mm_projector_type=model_args.mm_projector_type,
         mm_vision_select_layer=model_args.mm_vision_select_layer,
         vitsplit_config=connector,
-        conv_template="vicuna_v1" if model_args.version == "plain" else model_args.version,
+        mm_projector_layers=model_args.mm_projector_layers,
+        conv_template=model_args.version,
         image_aspect_ratio=data_args.image_aspect_ratio,
     )
 
@@ -303,8 +304,8 @@ def train(argv: list[str]) -> dict:
     from ..quiet import quiet_third_party
     from . import check_data, resume
     from .builder import build_vlm
-    from .conversation import get_template
     from .data import DataCollator, LazySupervisedDataset, summarize_skips
+    from .tokenizer_chat import bind_template
     from .trainer import StepTimer, VLMTrainer
 
     quiet_third_party()  # known third-party warnings that would flood the output
@@ -315,7 +316,6 @@ def train(argv: list[str]) -> dict:
                                      allow_pickle=training_args.allow_pickle_checkpoints)  # fmt: skip
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
-    template = get_template(model_args.version)
     started = time.time()
     built = build_vlm(
         model_name_or_path=model_args.model_name_or_path,
@@ -326,6 +326,9 @@ def train(argv: list[str]) -> dict:
         attn_implementation=choose_attention(model_args.attn_implementation),
     )
     model = built.model
+    template = bind_template(
+        model_args.version, built.tokenizer, source=model.config.llm_chat_template
+    )
     counts = set_trainable(model, model_args, training_args)
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
