@@ -240,6 +240,20 @@ def apply_lora(model, training_args):
     return peft_model
 
 
+def use_feature_cache(dataset, model, data_args, training_args):
+    """``--cache_features DIR``: the dataset reading cached tower hidden states and its
+    collator; the main process builds what is missing first, the others then find it built."""
+    from .feature_cache import CachedCollator, cache_dataset
+
+    with training_args.main_process_first(desc="feature cache"):
+        cached = cache_dataset(
+            dataset, model, data_args.cache_features, device=training_args.device,
+            workers=training_args.dataloader_num_workers,
+            log=print if training_args.process_index == 0 else None,
+        )  # fmt: skip
+    return cached, CachedCollator(dataset.tokenizer.pad_token_id, dataset.model_max_length)
+
+
 # --------------------------------------------------------------------------- saving
 
 
@@ -347,6 +361,8 @@ def train(argv: list[str]) -> dict:
         skip_log=skip_log,
     )
     collator = DataCollator(built.tokenizer.pad_token_id, training_args.model_max_length)
+    if data_args.cache_features:
+        dataset, collator = use_feature_cache(dataset, model, data_args, training_args)
     trainer = VLMTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=collator
     )
