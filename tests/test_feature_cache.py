@@ -156,3 +156,68 @@ def test_train_cache_features_flag_gives_the_same_losses(tiny, data, tmp_path):
     assert "feature cache: computing 8 inputs" in output
     assert len(plain["first_losses"]) == 3
     assert cached["first_losses"] == pytest.approx(plain["first_losses"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- dense
+
+
+@pytest.fixture(scope="module")
+def dense_sets(tmp_path_factory):
+    from vitsplit_vlm.playground.dense_sets import write_dense_sets
+
+    return write_dense_sets(tmp_path_factory.mktemp("dense") / "data", num_train=6, num_val=2)
+
+
+@pytest.mark.parametrize("task", ["seg", "depth"])
+def test_dense_cached_training_gives_the_uncached_losses(tiny, dense_sets, tmp_path, task):
+    from transformers import AutoModel
+
+    from vitsplit_vlm.dense import transforms as T
+    from vitsplit_vlm.dense.datasets import ADE20K, NYUDepthV2
+    from vitsplit_vlm.dense.engine import TrainConfig, train
+    from vitsplit_vlm.dense.feature_cache import cache_dense_dataset
+    from vitsplit_vlm.dense.model import DenseModel, DenseSpec
+
+    trunk = AutoModel.from_pretrained(tiny.dinov2)
+    if task == "seg":
+        data, spec = (
+            ADE20K(dense_sets.ade, "train", transforms=[T.Resize((56, 56))]),
+            DenseSpec(task="seg", num_classes=5),
+        )
+    else:
+        data = NYUDepthV2(
+            dense_sets.nyu, "train", transforms=[T.Resize((70, 56)), T.PadTo((70, 70))]
+        )
+        spec = DenseSpec(task="depth")
+    cfg = TrainConfig(iters=4, batch_size=2, lr=1e-3, schedule="constant", log_every=1)
+
+    def losses(dataset) -> list[float]:
+        torch.manual_seed(0)
+        model = DenseModel(trunk, spec)
+        return [h["loss"] for h in train(model, dataset, cfg, log=None).history]
+
+    model = DenseModel(trunk, spec)
+    cached = cache_dense_dataset(data, trunk, model.required_layers, tmp_path / "cache", log=None)
+    assert len(cached.cache) == 6
+    plain_losses = losses(data)
+    assert plain_losses[0] != plain_losses[-1]
+    assert losses(cached) == pytest.approx(plain_losses, abs=1e-6)
+
+
+def test_dense_train_refuses_random_augmentation_and_caches_without(tiny, dense_sets, tmp_path):
+    from vitsplit_vlm.cli import main
+
+    common = ["dense", "train", "--task", "seg", "--data", str(dense_sets.ade), "--backbone",
+              str(tiny.dinov2), "--iters", "2", "--batch-size", "2", "--crop-size", "56",
+              "--scale", "112,56", "--no-eval", "--cache-features", str(tmp_path / "cache")]  # fmt: skip
+    with pytest.raises(SystemExit) as err:
+        main([*common, "--out", str(tmp_path / "a")])
+    assert "RandomResize, RandomCrop, RandomFlip, PhotoMetricDistortion" in str(err.value)
+    assert "--no-augment" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        main([*common, "--out", str(tmp_path / "b"), "--no-augment", "--method", "full"])
+    assert "method 'full' trains the trunk" in str(err.value)
+    assert main([*common, "--out", str(tmp_path / "c"), "--no-augment"]) == 0
+    assert len(list((tmp_path / "cache").glob("shard-*.safetensors"))) == 1
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert metrics["steps"] == 2

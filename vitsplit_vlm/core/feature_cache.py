@@ -297,7 +297,8 @@ def build_features(
     pending_bytes = 0
     with tqdm(total=total, desc=desc, unit="img", disable=None, file=sys.stderr) as bar:
         for items in loader:
-            usable = [(k, px) for k, px in items if px is not None and k not in pending]
+            usable = [(k, px) for k, px in items
+                      if px is not None and k not in pending and k not in cache]  # fmt: skip
             report.skipped += sum(px is None for _, px in items)
             for key, hidden in _compute_grouped(usable, compute):
                 pending[key] = hidden
@@ -334,3 +335,33 @@ def _compute_grouped(
         for row, (key, _) in enumerate(group):
             out.append((key, {i: h[row].detach().cpu().clone() for i, h in hidden.items()}))
     return out
+
+
+# --------------------------------------------------------------------------- in a batch
+
+
+@dataclass
+class FrozenHidden:
+    """Cached frozen hidden states standing in for the pixels they were computed from.
+
+    `hidden`: ``{layer: (T, C)}`` for one input or ``{layer: (B, T, C)}`` for a batch;
+    `shape`: the shape of those pixels, ``(3, H, W)`` or ``(B, 3, H, W)``, so code that reads
+    the input size (``pixels.shape[-2:]``) works unchanged.
+    """
+
+    hidden: dict[int, torch.Tensor]
+    shape: tuple[int, ...]
+
+    @staticmethod
+    def stack(items: Sequence[FrozenHidden]) -> FrozenHidden:
+        layers = items[0].hidden
+        hidden = {i: torch.stack([item.hidden[i] for item in items]) for i in layers}
+        return FrozenHidden(hidden, (len(items), *items[0].shape))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> FrozenHidden:
+        moved = {i: h.to(device, non_blocking=non_blocking) for i, h in self.hidden.items()}
+        return FrozenHidden(moved, self.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.hidden.values())).device
