@@ -92,9 +92,8 @@ def _dense_rows(report: dict) -> list[dict]:
 
 
 def _truncation_argv(o: Options, out: Path) -> list[str]:
-    return ["--rounds", "5", "--threads", str(o.threads), "--out", str(out)] + (
-        ["--quick"] if o.quick else []
-    )
+    quick = ["--quick", "--tiny", str(o.assets()[0].root)] if o.quick else []
+    return ["--rounds", "5", "--threads", str(o.threads), "--out", str(out), *quick]
 
 
 def _truncation_rows(report: dict) -> list[dict]:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 
-def _towers(quick: bool, folder: Path) -> list[tuple[str, object, tuple[int, ...], int]]:
+def _towers(quick: bool, folder: Path, tiny=None) -> list[tuple[str, object, tuple[int, ...], int]]:
     """(name, vision model, required layers, input side) of each configuration."""
     import torch
     from transformers import AutoModel
@@ -36,7 +36,7 @@ def _towers(quick: bool, folder: Path) -> list[tuple[str, object, tuple[int, ...
     if quick:
         from vitsplit_vlm.playground.tiny import make_tiny
 
-        tiny = make_tiny(folder / "tiny")
+        tiny = tiny or make_tiny(folder / "tiny")
         clip, dino = AutoModel.from_pretrained(tiny.clip), AutoModel.from_pretrained(tiny.dinov2)
         clip = getattr(clip, "vision_model", clip)
         sides = (trunk_spec(clip).image_size, 112)
@@ -100,6 +100,8 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the tiny trunks instead")
+    parser.add_argument("--tiny", type=Path, default=None,
+                        help="--quick: a make-tiny folder to reuse (default: build one)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -114,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        for name, model, layers, side in _towers(args.quick, Path(tmp)):
+        tiny = None
+        if args.tiny is not None:
+            from vitsplit_vlm.playground.tiny import make_tiny
+
+            tiny = make_tiny(args.tiny)  # a no-op where the models are current
+        for name, model, layers, side in _towers(args.quick, Path(tmp), tiny):
             record = {"config": name, **measure(model, layers, side, batch=args.batch,
                                                 rounds=args.rounds, device=device)}  # fmt: skip
             results.append(record)
