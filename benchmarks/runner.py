@@ -198,7 +198,8 @@ def machine(threads: int) -> dict:
                  if line.startswith("model name")]  # fmt: skip
         cpu = names[0] if names else cpu
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads,
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "load_average": load,
             "torch": torch.__version__, "python": platform.python_version(), "cuda": cuda,
             "bf16": bool(cuda) and torch.cuda.is_bf16_supported()}  # fmt: skip
 
@@ -285,6 +286,8 @@ def readme_tables(summary: dict) -> str:
     for name, case in summary["cases"].items():
         m = case["machine"]
         where = m["cuda"] or f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} threads"
+        if m.get("load_average"):
+            where += f", load average {m['load_average'][0]:g} when it finished"
         size = "quick sizes" if case["quick"] else "full sizes"
         lines += [f"**{case['title']}** (`{name}`, {size}; {where}; torch {m['torch']})", "",
                   "| measured | A | B | A / B | speed-up | target | note |",
