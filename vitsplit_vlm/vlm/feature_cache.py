@@ -129,17 +129,33 @@ def cache_dataset(
     workers: int = 0,
     batch_size: int = 16,
     log=print,
+    is_main: bool = True,
 ) -> CachedSupervisedDataset:
-    """Build what is missing of `folder` for `model`'s tower and connector; the cached dataset."""
+    """Build what is missing of `folder` for `model`'s tower and connector; the cached dataset.
+
+    With several processes every one calls this: the tower is gathered together (ZeRO-3
+    partitions a loaded tower; gathering is collective), the main process builds, the others
+    wait for it and then read the manifest it wrote."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     tower = base.model.vision_tower
     layers = base.connector.required_layers
-    with _gathered(list(tower.parameters())):  # ZeRO-3 partitions a loaded tower
-        cache = FeatureCache(folder, trunk_fingerprint(tower, layers), log=log)
-        jobs = image_jobs(dataset, cache)
-        if jobs:
-            _build(cache, dataset, jobs, tower, layers, device, workers, batch_size, log)
+    with _gathered(list(tower.parameters())):
+        fingerprint = trunk_fingerprint(tower, layers)
+        if is_main:
+            cache = FeatureCache(folder, fingerprint, log=log)
+            jobs = image_jobs(dataset, cache)
+            if jobs:
+                _build(cache, dataset, jobs, tower, layers, device, workers, batch_size, log)
+        _barrier()
+    cache = FeatureCache(folder, fingerprint, log=None)
     return CachedSupervisedDataset.from_dataset(dataset, cache)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _build(cache, dataset, jobs, tower, layers, device, workers, batch_size, log) -> None:

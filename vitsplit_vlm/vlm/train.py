@@ -242,15 +242,14 @@ def apply_lora(model, training_args):
 
 def use_feature_cache(dataset, model, data_args, training_args):
     """``--cache_features DIR``: the dataset reading cached tower hidden states and its
-    collator; the main process builds what is missing first, the others then find it built."""
+    collator; the main process builds what is missing, the others wait and read it."""
     from .feature_cache import CachedCollator, cache_dataset
 
-    with training_args.main_process_first(desc="feature cache"):
-        cached = cache_dataset(
-            dataset, model, data_args.cache_features, device=training_args.device,
-            workers=training_args.dataloader_num_workers,
-            log=print if training_args.process_index == 0 else None,
-        )  # fmt: skip
+    main = training_args.process_index == 0
+    cached = cache_dataset(
+        dataset, model, data_args.cache_features, device=training_args.device,
+        workers=training_args.dataloader_num_workers, log=print if main else None, is_main=main,
+    )  # fmt: skip
     return cached, CachedCollator(dataset.tokenizer.pad_token_id, dataset.model_max_length)
 
 
