@@ -22,7 +22,8 @@ ALLOWED = {
     "serve": {"core", "vlm", "eval", "serve"},
 }
 LEAVES = {"quiet", "commands"}  # stdlib-only helpers any layer may use
-THIRD_PARTY_FOR_CORE = {"torch", "torchvision", "transformers"}
+# safetensors and tqdm: transformers' own dependencies (the feature cache's shards and progress bar)
+THIRD_PARTY_FOR_CORE = {"torch", "torchvision", "transformers", "safetensors", "tqdm"}
 
 
 def _modules() -> list[tuple[Path, str]]:
