@@ -114,7 +114,7 @@ def _truncation_rows(report: dict) -> list[dict]:
 
 
 def _cached_argv(o: Options, out: Path) -> list[str]:
-    return ["--rounds", "3", "--threads", str(o.threads), "--out", str(out)] + (
+    return ["--rounds", "2", "--threads", str(o.threads), "--out", str(out)] + (
         ["--quick"] if o.quick else []
     )
 
@@ -139,7 +139,7 @@ def _connector_argv(o: Options, out: Path) -> list[str]:
     tiny, data = o.assets()
     return ["--llm", str(tiny.llama), "--vision", str(tiny.clip), "--data", str(data.pretrain),
             "--images", str(data.image_folder), "--batch-size", "16",
-            "--steps", "3" if o.quick else "8", "--warmup", "2",
+            "--steps", "3" if o.quick else "5", "--warmup", "2",
             "--repeats", "2" if o.quick else "3", "--threads", str(o.threads),
             "--out", str(out)]  # fmt: skip
 
