@@ -91,6 +91,7 @@ def test_second_run_reads_and_a_changed_key_rebuilds(tiny, data, tmp_path, capsy
     again = cache_dataset(dataset(built, data), built.model, folder)
     assert "computing" not in capsys.readouterr().out  # nothing missing: nothing computed
     assert len(again.cache) == 8
+    assert len(again.cache.files) == 8  # the digests memo: later runs stat, not read, the images
 
     tower = built.model.model.vision_tower
     with torch.no_grad():

@@ -7,8 +7,9 @@ CLIP's 25 hidden states, a dense ViT-Split a handful), all tokens, in the trunk'
 
 Layout of a cache folder (nothing else in it is touched)::
 
-    DIR/manifest.json            version, trunk fingerprint, key -> shard, file digests
+    DIR/manifest.json            version and trunk fingerprint
     DIR/shard-00000.safetensors  tensors named "<key>/<layer>", (T, C) each
+    DIR/files.json               file digests by (size, mtime) (`FeatureCache.file_digest`)
 
 Shards are safetensors files read through `safe_open` (memory-mapped: an epoch reads only the
 pages it needs, and DataLoader workers share the page cache). An entry's key is the caller's
@@ -38,6 +39,8 @@ from .trunk import TrunkSpec, unwrap_vision_model
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
+FILES = "files.json"
+OPEN_SHARDS = 64  # shard handles kept open per process (least recently used closed first)
 SHARD_BYTES = 256 * 2**20  # flush a shard at this size: an interrupted build keeps finished ones
 # config keys that do not change what the trunk computes
 _CONFIG_NOISE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures")
@@ -125,9 +128,12 @@ def format_bytes(n: float) -> str:
 class FeatureCache:
     """A folder of cached hidden states for one trunk fingerprint (see the module doc).
 
-    Reading is safe from DataLoader workers: shard handles are opened lazily in each process.
-    `files` is a memo of file digests (`file_digest`), so a training epoch finds an image's key
-    from its size and modification time without reading it.
+    `manifest.json` holds the fingerprint only; which keys are cached is read from the shards'
+    own headers (a shard is written under a temporary name and renamed when complete), so adding
+    a shard never rewrites an index that grows with the data set. `files.json` memoises file
+    digests (`file_digest`): a training epoch finds an image's key from its size and
+    modification time without reading it. Reading is safe from DataLoader workers: shard
+    handles are opened lazily in each process.
     """
 
     def __init__(
@@ -135,13 +141,13 @@ class FeatureCache:
     ) -> None:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
-        self.entries: dict[str, str] = {}
-        self.files: dict[str, list] = {}
+        self.entries: dict[str, str] = {}  # key -> shard file name
+        self.files: dict[str, list] = {}  # path -> [size, mtime_ns, digest]
         self._handles: dict[str, object] = {}
         self._pid = os.getpid()
         self._load(log)
 
-    # ---- manifest --------------------------------------------------------------------------
+    # ---- folder ----------------------------------------------------------------------------
     def _load(self, log: Callable[[str], None] | None) -> None:
         path = self.folder / MANIFEST
         if not path.is_file():
@@ -157,23 +163,34 @@ class FeatureCache:
                 log(f"feature cache {self.folder}: rebuilding, {changed} changed")
             self.clear()
             return
-        self.entries = dict(manifest.get("entries", {}))
-        self.files = dict(manifest.get("files", {}))
+        from safetensors import safe_open
+
+        for shard in sorted(self.folder.glob("shard-*.safetensors")):
+            with safe_open(str(shard), framework="pt") as f:  # reads the header only
+                keys = {name.split("/", 1)[0] for name in f.keys()}
+            self.entries.update(dict.fromkeys(keys, shard.name))
+        try:
+            self.files = json.loads((self.folder / FILES).read_text())
+        except (OSError, json.JSONDecodeError):
+            self.files = {}
 
     def clear(self) -> None:
-        """Delete this cache's own files (manifest and shards)."""
-        for shard in self.folder.glob("shard-*.safetensors"):
+        """Delete this cache's own files (manifest, digests, shards)."""
+        for shard in self.folder.glob("shard-*.safetensors*"):
             shard.unlink()
-        (self.folder / MANIFEST).unlink(missing_ok=True)
+        for name in (MANIFEST, FILES):
+            (self.folder / name).unlink(missing_ok=True)
         self.entries, self.files, self._handles = {}, {}, {}
 
-    def save_manifest(self) -> None:
+    def _write_json(self, name: str, data: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"version": CACHE_VERSION, "fingerprint": self.fingerprint,
-                    "entries": self.entries, "files": self.files}  # fmt: skip
-        tmp = self.folder / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, sort_keys=True) + "\n")
-        os.replace(tmp, self.folder / MANIFEST)
+        tmp = self.folder / (name + ".tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
+        os.replace(tmp, self.folder / name)
+
+    def save_files(self) -> None:
+        """Write the file-digest memo (after hashing, and after a build)."""
+        self._write_json(FILES, self.files)
 
     # ---- entries ---------------------------------------------------------------------------
     def __contains__(self, key: str) -> bool:
@@ -182,29 +199,26 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def missing(self, keys: Iterable[str]) -> list[str]:
-        """`keys` not cached yet, each once, in order."""
-        return [k for k in dict.fromkeys(keys) if k not in self.entries]
-
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.glob("shard-*.safetensors"))
 
     def add_shard(self, features: dict[str, dict[int, torch.Tensor]]) -> None:
-        """Write `{key: {layer: (T, C)}}` as a new shard and record it in the manifest."""
+        """Write `{key: {layer: (T, C)}}` as a new shard (complete or absent, never partial)."""
         from safetensors.torch import save_file
 
         if not features:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / MANIFEST).is_file():
+            self._write_json(MANIFEST, {"version": CACHE_VERSION, "fingerprint": self.fingerprint})
         index = len(list(self.folder.glob("shard-*.safetensors")))
         while (self.folder / f"shard-{index:05d}.safetensors").exists():
             index += 1
         name = f"shard-{index:05d}.safetensors"
         tensors = {f"{key}/{layer}": t.contiguous() for key, h in features.items()
                    for layer, t in h.items()}  # fmt: skip
-        save_file(tensors, str(self.folder / name))
+        save_file(tensors, str(self.folder / (name + ".tmp")))
+        os.replace(self.folder / (name + ".tmp"), self.folder / name)
         self.entries.update({key: name for key in features})
-        self.save_manifest()
 
     def get(self, key: str) -> dict[int, torch.Tensor]:
         """`{layer: (T, C)}` of one cached input (KeyError when it is not cached)."""
@@ -217,9 +231,13 @@ class FeatureCache:
 
         if self._pid != os.getpid():  # a forked DataLoader worker opens its own
             self._handles, self._pid = {}, os.getpid()
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.folder / shard), framework="pt")
-        return self._handles[shard]
+        handle = self._handles.pop(shard, None)
+        if handle is None:
+            handle = safe_open(str(self.folder / shard), framework="pt")
+            if len(self._handles) >= OPEN_SHARDS:  # keep the most recently used ones open
+                self._handles.pop(next(iter(self._handles)))
+        self._handles[shard] = handle
+        return handle
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}}
@@ -312,7 +330,6 @@ def build_features(
     report.bytes += pending_bytes
     report.built += len(pending)
     cache.add_shard(pending)
-    cache.save_manifest()  # the file digests found on the way
     report.seconds = time.perf_counter() - started
     if log is not None:
         log(f"{desc}: {report.built} computed, {report.skipped} unreadable, "

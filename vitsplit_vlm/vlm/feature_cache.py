@@ -144,6 +144,7 @@ def cache_dataset(
         if is_main:
             cache = FeatureCache(folder, fingerprint, log=log)
             jobs = image_jobs(dataset, cache)
+            cache.save_files()  # the digests just read: later runs only stat the files
             if jobs:
                 _build(cache, dataset, jobs, tower, layers, device, workers, batch_size, log)
         _barrier()
