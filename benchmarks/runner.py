@@ -52,11 +52,13 @@ class Case:
     argv: Callable[[Options, Path], list[str]]
     rows: Callable[[dict], list[dict]]
     draws_png: bool = False
+    default: bool = True  # run without --cases (False: long, opt-in)
 
 
 def row(what: str, a: str, a_value: float, b: str, b_value: float, unit: str, ratio: float,
         target: str = "", note: str = "") -> dict:  # fmt: skip
-    """One headline comparison: `a` against `b` (values in `unit`), `ratio` = the speed-up."""
+    """One headline comparison: `a` against `b` (values in `unit`); `ratio`: the speed-up of
+    `a` over `b` for times (b / a), a / b for scores."""
     return {"what": what, "a": a, "a_value": round(a_value, 4), "b": b,
             "b_value": round(b_value, 4), "unit": unit, "ratio": round(ratio, 3),
             "target": target, "note": note}  # fmt: skip
@@ -168,6 +170,32 @@ def _generation_rows(report: dict) -> list[dict]:
                 "answers/s", a / b, f">= {report['target_speedup']}x")]  # fmt: skip
 
 
+def _learning_argv(o: Options, out: Path) -> list[str]:
+    runs = Path(tempfile.mkdtemp(prefix="dense_learning_runs-"))  # checkpoints: never in git
+    quick = ["--iters", "100", "--backbones", "random", "--configs", "linear,vitsplit,full"]
+    return ["--out", str(out.with_suffix("")), "--runs", str(runs), "--jobs", "1",
+            *(quick if o.quick else [])]  # fmt: skip
+
+
+def _learning_rows(report: dict) -> list[dict]:
+    table = report["table"]
+    return [
+        row(
+            f"playground seg mIoU (paper Tab. 6), {backbone} tiny DINOv2: {config} vs full "
+            "fine-tuning",
+            config,
+            scores[config],
+            "full",
+            scores["full"],
+            "mIoU",
+            scores[config] / scores["full"],
+        )  # fmt: skip
+        for backbone, scores in table.items()
+        for config in scores
+        if config != "full" and "full" in scores
+    ]
+
+
 CASES: dict[str, Case] = {
     "dense_methods": Case(
         "dense training step: ViT-Split, linear probe and cached ViT-Split vs full fine-tuning",
@@ -181,6 +209,9 @@ CASES: dict[str, Case] = {
                           "vlm_stage1", _connector_argv, _connector_rows),
     "generation": Case("generation: batch 8 vs batch 1", "eval_throughput", _generation_argv,
                        _generation_rows),
+    "dense_learning": Case("what learns: paper Tab. 6 ablations on the playground (mIoU, not "
+                           "time)", "dense_learning", _learning_argv, _learning_rows,
+                           default=False),
 }  # fmt: skip
 
 
@@ -290,7 +321,7 @@ def readme_tables(summary: dict) -> str:
             where += f", load average {m['load_average'][0]:g} when it finished"
         size = "quick sizes" if case["quick"] else "full sizes"
         lines += [f"**{case['title']}** (`{name}`, {size}; {where}; torch {m['torch']})", "",
-                  "| measured | A | B | A / B | speed-up | target | note |",
+                  "| measured | A | B | A / B | ratio | target | note |",
                   "|---|---|---|---:|---:|---|---|"]  # fmt: skip
         for r in case["rows"]:
             lines.append(f"| {r['what']} | {r['a']} | {r['b']} | {r['a_value']:.4g} / "
@@ -315,7 +346,10 @@ def rewrite_readme(summary_path: Path = RESULTS / "summary.json", readme: Path =
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
+    default = ",".join(name for name, case in CASES.items() if case.default)
+    parser.add_argument("--cases", default=default,
+                        help=f"subset of {','.join(CASES)} (default: all but dense_learning, "
+                        "an hour of training)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (tiny trunks, 224 px dense crops, fewer rounds)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))

@@ -73,3 +73,12 @@ def test_unknown_case_and_missing_markers_are_one_line(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- benchmarks:begin -->"):
         runner.rewrite_readme(tmp_path / "summary.json", readme)
+
+
+def test_dense_learning_is_opt_in_and_its_rows_compare_with_full():
+    parser = argparse.ArgumentParser()
+    runner.add_arguments(parser)
+    assert "dense_learning" not in parser.parse_args([]).cases.split(",")
+    report = {"table": {"random": {"linear": 50.0, "vitsplit": 90.0, "full": 60.0}}}
+    rows = runner._learning_rows(report)
+    assert [(r["a"], r["ratio"]) for r in rows] == [("linear", 0.833), ("vitsplit", 1.5)]
