@@ -4,7 +4,8 @@ running every block (what ``output_hidden_states=True`` on the whole model costs
 Both sides run `vitsplit_vlm.core.trunk.frozen_hidden_states` (the function the VLM's
 `get_image_features` and the dense `ViTSplit` call) on the same random pixels, with the layers
 the connector / dense model reads (`required_layers`) or with the last layer; rounds alternate
-(A B A B ...), and each side's time is the median over rounds. Configurations: LLaVA-1.5's
+(A B A B ...), and each side's time is the median over rounds (a small trunk repeats its forward
+within one measurement, so that each lasts at least half a second). Configurations: LLaVA-1.5's
 connector on CLIP ViT-L/14-336 (reads up to the penultimate state: one block of 24 skipped) and
 dense ViT-Split-S on DINOv2-S at 512 (its prior head reads the last block: nothing to skip, the
 ratio shows the measurement's noise). ``--quick``: the playground's tiny CLIP and DINOv2 instead.
@@ -16,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
 from pathlib import Path
+
+MIN_SECONDS = 0.5  # the shortest timed measurement (small trunks repeat their forward)
 
 
 def _towers(quick: bool, folder: Path, tiny=None) -> list[tuple[str, object, tuple[int, ...], int]]:
@@ -66,26 +70,29 @@ def measure(
     pixels = torch.randn(batch, spec.num_channels, side, side, device=device)
     sides = {"needed": tuple(layers), "full": (spec.num_blocks,)}
 
-    def once(wanted) -> float:
+    def once(wanted, repeat: int = 1) -> float:
+        """Seconds per forward, averaged over `repeat` forwards."""
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        frozen_hidden_states(model, pixels, wanted)
+        for _ in range(repeat):
+            frozen_hidden_states(model, pixels, wanted)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return (time.perf_counter() - start) / repeat
 
-    for wanted in sides.values():  # warm-up
-        once(wanted)
+    # warm-up; a small trunk repeats its forward so that one measurement lasts >= MIN_SECONDS
+    repeat = max(1, math.ceil(MIN_SECONDS / min(once(w) for w in sides.values())))
     times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(rounds):
         for name, wanted in sides.items():
-            times[name].append(once(wanted))
+            times[name].append(once(wanted, repeat))
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     out = {
         "blocks_run": {"needed": max(layers), "full": spec.num_blocks},
         "required_layers": list(layers),
         "input": [batch, spec.num_channels, side, side],
+        "forwards_per_measurement": repeat,
         "seconds_median": medians,
         "seconds": times,
         "speedup": round(medians["full"] / medians["needed"], 4),
