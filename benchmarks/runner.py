@@ -263,7 +263,7 @@ def run_case(name: str, options: Options, results: Path) -> dict:
     code = module.main(argv)
     if code:
         raise SystemExit(f"{name}: {case.script} exited with {code}")
-    report = json.loads(out.read_text())
+    report = _portable(json.loads(out.read_text()))
     report["runner"] = {"case": name, "title": case.title, "quick": options.quick,
                         "script": f"benchmarks/{case.script}.py", "argv": _portable(argv),
                         "seconds": round(time.perf_counter() - started, 1),
@@ -276,10 +276,16 @@ def run_case(name: str, options: Options, results: Path) -> dict:
             "machine": report["runner"]["machine"]}  # fmt: skip
 
 
-def _portable(argv: list[str]) -> list[str]:
-    """The arguments without this machine's temporary and repository paths."""
-    tmp, repo = tempfile.gettempdir(), str(HERE.parent)
-    return [a.replace(repo + os.sep, "").replace(tmp, "$TMP") for a in argv]
+def _portable(value):
+    """`value` (JSON data) with this machine's temporary and repository paths replaced."""
+    if isinstance(value, str):
+        tmp, repo = tempfile.gettempdir(), str(HERE.parent)
+        return value.replace(repo + os.sep, "").replace(tmp + os.sep, "$TMP/")
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    return value
 
 
 def plot_rows(title: str, rows: list[dict], path: Path) -> None:
