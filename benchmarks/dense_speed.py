@@ -340,7 +340,9 @@ def ratios_for(
         "memory_saving": round(1 - memory_ratio, 4),
     }
     for other in ("linear", "vitsplit-cached"):  # when measured: their speedup over full
-        if any(r["method"] == other and _group(r) == (size, mode, task, precision) for r in results):
+        if any(
+            r["method"] == other and _group(r) == (size, mode, task, precision) for r in results
+        ):
             mine = _find(results, size, other, mode, task, precision)
             out[f"speedup_{other}_over_full"] = round(
                 full["seconds_per_step"] / mine["seconds_per_step"], 4
