@@ -38,6 +38,7 @@ BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 class Options:
     quick: bool
     threads: int
+    dense_sizes: str | None  # DINOv2 sizes of dense_methods (None: S and B; S with --quick)
     cuda: bool
     assets: Callable[[], object]  # tiny models + a shapes set, made once when a case asks
 
@@ -68,7 +69,8 @@ def row(what: str, a: str, a_value: float, b: str, b_value: float, unit: str, ra
 
 
 def _dense_argv(o: Options, out: Path) -> list[str]:
-    argv = ["--sizes", "dinov2-s" if o.quick else "dinov2-s,dinov2-b",
+    sizes = o.dense_sizes or ("dinov2-s" if o.quick else "dinov2-s,dinov2-b")
+    argv = ["--sizes", sizes,
             "--crop", "224" if o.quick else "512", "--batch", "2", "--modes", "default",
             "--methods", "vitsplit,full,linear,vitsplit-cached", "--steps", "2", "--rounds", "2",
             "--threads", str(o.threads), "--out", str(out.with_suffix(""))]  # fmt: skip
@@ -369,6 +371,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (tiny trunks, 224 px dense crops, fewer rounds)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
+    parser.add_argument("--dense-sizes", default=None,
+                        help="dense_methods: DINOv2 sizes, e.g. dinov2-s (default: dinov2-s,dinov2-b;"
+                        " dinov2-s with --quick)")  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON/PNG go")
     parser.add_argument("--readme", action="store_true",
                         help="only rewrite README's benchmark section from summary.json")  # fmt: skip
@@ -393,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        options = Options(args.quick, args.threads, torch.cuda.is_available(),
+        options = Options(args.quick, args.threads, args.dense_sizes, torch.cuda.is_available(),
                           _assets_maker(Path(tmp)))  # fmt: skip
         for name in names:
             summary["cases"][name] = run_case(name, options, args.results)

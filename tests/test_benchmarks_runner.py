@@ -17,7 +17,9 @@ import runner  # noqa: E402
 
 
 def test_a_case_through_the_runner(tiny, tmp_path):
-    options = runner.Options(quick=True, threads=1, cuda=False, assets=lambda: (tiny, None))
+    options = runner.Options(
+        quick=True, threads=1, dense_sizes=None, cuda=False, assets=lambda: (tiny, None)
+    )
     case = runner.run_case("truncation", options, tmp_path)
     report = json.loads((tmp_path / "truncation.json").read_text())
     assert report["runner"]["machine"]["cores"] >= 1 and report["runner"]["quick"] is True
