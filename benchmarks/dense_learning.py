@@ -111,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dense_learning"))
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="where the training runs go (default: OUT_runs next to OUT)")  # fmt: skip
     args = parser.parse_args(argv)
-    runs_dir = args.out.parent / (args.out.name + "_runs")
+    runs_dir = args.runs or args.out.parent / (args.out.name + "_runs")
     queue = [
         (b, c, int(s))
         for b in args.backbones.split(",")

@@ -46,7 +46,8 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("vitsplit", "full")
+METHODS = ("vitsplit", "full")  # the default pair; --methods adds these:
+ALL_METHODS = ("vitsplit", "full", "linear", "vitsplit-cached")
 MODES = ("default", "checkpoint-head")
 
 
@@ -146,8 +147,9 @@ def measure(
     torch.manual_seed(0)
     trunk = AutoModel.from_config(backbone_config(size)).to(device)
     dense_task = get_task(task)
-    spec, _ = dense_spec(dense_task, method, trunk.config, dense_task.presets["real"],
-                         num_classes=TASK_CLASSES[task])  # fmt: skip
+    cached = method == "vitsplit-cached"  # ViT-Split on cached trunk features (--cache-features)
+    spec, _ = dense_spec(dense_task, "vitsplit" if cached else method, trunk.config,
+                         dense_task.presets["real"], num_classes=TASK_CLASSES[task])  # fmt: skip
     model = DenseModel(trunk, spec).to(device)
     config = TrainConfig(lr=1e-4, checkpoint_head=mode == "checkpoint-head")
     cuda = device.startswith("cuda")
@@ -157,6 +159,13 @@ def measure(
     state = start_training(model, config, runtime)  # device, precision, AdamW, schedule
     shape = (crop, crop) if crop else paper_shape(task)
     data = synthetic_batch(task, batch, shape, model.patch_size, device)
+    if cached:  # what a --cache-features batch holds: the hidden states, read back
+        from dataclasses import replace
+
+        from vitsplit_vlm.core.feature_cache import FrozenHidden
+
+        hidden = {i: h.clone() for i, h in model.frozen_hidden(data.images).items()}
+        data = replace(data, images=FrozenHidden(hidden, tuple(data.images.shape)))
 
     def step():
         train_step(state, data)  # the step dense train's loop runs
@@ -184,7 +193,7 @@ def measure(
         memory_kind = "peak RSS above the imports, mmap threshold 64 KiB"
     record = {
         "size": size, "method": method, "mode": mode, "task": task, "precision": precision,
-        "batch": batch, "input_hw": list(data.images[0].shape[-2:]),
+        "batch": batch, "input_hw": list(data.images.shape[-2:] if cached else data.images[0].shape[-2:]),
         "seconds_per_step": statistics.median(times), "step_times": times,
         "images_per_second": batch / statistics.median(times),
         "peak_memory_mib": round(peak_mib, 1), "memory_kind": memory_kind,
@@ -238,7 +247,7 @@ def run_configs(args: argparse.Namespace, groups: list[tuple[str, str, str, str]
     """Both methods of every (size, mode, task, precision) group, each in its own process, in
     `args.rounds` alternating rounds; one merged record per configuration."""
     configs = [(size, method, mode, task, prec) for size, mode, task, prec in groups
-               for method in METHODS]  # fmt: skip
+               for method in getattr(args, "methods", METHODS)]  # fmt: skip
     runs: dict[Config, list[dict]] = {c: [] for c in configs}
     for round_index in range(args.rounds):
         for config in configs:
@@ -285,11 +294,13 @@ def plot(results: list[dict], path: Path) -> None:
         1, len(panels), figsize=(max(4.2, 0.9 * len(groups)) * len(panels), 3.8)
     )
     for ax, (key, title) in zip(axes, panels, strict=True):
-        for j, method in enumerate(METHODS):
+        methods = list(dict.fromkeys(r["method"] for r in results))
+        width = 0.8 / len(methods)
+        for j, method in enumerate(methods):
             values = [_find(results, size, method, mode, task, prec)[key]
                       for size, mode, task, prec in groups]  # fmt: skip
-            xs = [i + (j - 0.5) * 0.38 for i in range(len(groups))]
-            ax.bar(xs, values, width=0.38, label=method)
+            xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(groups))]
+            ax.bar(xs, values, width=width, label=method)
         labels = ["\n".join(v for v in g if v not in ("seg", "fp32", "default")) for g in groups]
         ax.set_xticks(range(len(groups)), labels, fontsize=8)
         ax.set_title(title, fontsize=10)
@@ -328,6 +339,14 @@ def ratios_for(
         ],  # fmt: skip
         "memory_saving": round(1 - memory_ratio, 4),
     }
+    for other in ("linear", "vitsplit-cached"):  # when measured: their speedup over full
+        if any(
+            r["method"] == other and _group(r) == (size, mode, task, precision) for r in results
+        ):
+            mine = _find(results, size, other, mode, task, precision)
+            out[f"speedup_{other}_over_full"] = round(
+                full["seconds_per_step"] / mine["seconds_per_step"], 4
+            )
     if "gflops_per_step" in vit and "gflops_per_step" in full:
         flop_ratio = vit["gflops_per_step"] / full["gflops_per_step"]
         out["flops_vitsplit_over_full"] = round(flop_ratio, 4)
@@ -351,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=None,
                         help="square input side (default: the task's paper shape, seg 512)")  # fmt: skip
     parser.add_argument("--tasks", default="seg", help="subset of seg,depth,det")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"subset of {','.join(ALL_METHODS)} (vitsplit and full always)")  # fmt: skip
     parser.add_argument("--precisions", default="fp32", help="subset of fp32,bf16,fp16")
     parser.add_argument("--no-flops", dest="flops", action="store_false",
                         help="skip counting FLOPs (one extra step per configuration)")  # fmt: skip
@@ -369,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                     task=task, precision=precision, flops=args.flops)  # fmt: skip
         print(json.dumps(measure(size, method, mode, device=args.device, **opts)))
         return 0
+    args.methods = list(dict.fromkeys([*METHODS, *args.methods.split(",")]))
+    if unknown := set(args.methods) - set(ALL_METHODS):
+        parser.error(f"--methods: unknown {sorted(unknown)}; choose from {ALL_METHODS}")
     sizes, modes = args.sizes.split(","), args.modes.split(",")
     tasks, precisions = args.tasks.split(","), args.precisions.split(",")
     if unknown := set(modes) - set(MODES):

@@ -27,7 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "eval_throughput.json"
 TARGET_SPEEDUP = 2.0
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", type=Path, help="saved model folder (default: an untrained tiny one)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per batch size")
     p.add_argument("--batch-sizes", type=int, nargs=2, default=(1, 8), metavar=("SMALL", "LARGE"))
     p.add_argument("--out", type=Path, default=RESULTS)
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def tiny_model(folder: Path) -> Path:
@@ -75,8 +75,8 @@ def time_once(engine, reqs, settings, batch_size: int) -> float:
     return len(reqs) / seconds
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -121,6 +121,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--llm", help="LLM folder (default: the playground's tiny Llama)")
     parser.add_argument("--vision", help="vision tower folder (default: the tiny CLIP)")
@@ -100,7 +100,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/vlm_stage1.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.llm is None:
         from vitsplit_vlm.playground.recipes import prepare
 

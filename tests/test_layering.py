@@ -23,7 +23,8 @@ ALLOWED = {
 }
 SHARED_DECODER = "images"  # PIL + numpy only: 8-bit RGB of any image, for every layer's loaders
 LEAVES = {"quiet", "commands"}  # stdlib-only helpers any layer may use
-THIRD_PARTY_FOR_CORE = {"torch", "torchvision", "transformers"}
+# safetensors and tqdm: transformers' own dependencies (the feature cache's shards and progress bar)
+THIRD_PARTY_FOR_CORE = {"torch", "torchvision", "transformers", "safetensors", "tqdm"}
 
 
 def _modules() -> list[tuple[Path, str]]:

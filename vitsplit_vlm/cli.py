@@ -44,6 +44,10 @@ COMMANDS: dict[str, Command] = {
     "params": module_command(
         "trainable parameters per component (paper Tabs. 4-6)", "vitsplit_vlm.params"
     ),
+    "bench": module_command(
+        "benchmarks: timings, medians and ratios to benchmarks/results (a source checkout)",
+        "vitsplit_vlm.bench",
+    ),
     # development: the embedded tiny default and its playground
     "quickstart": module_command(
         "run the embedded tiny default end to end", "vitsplit_vlm.playground.quickstart"

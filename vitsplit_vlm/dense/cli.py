@@ -107,6 +107,16 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-eval-images", type=int, default=None, help="evaluate on the first N")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument(
+        "--cache-features", type=Path, default=None, metavar="DIR",
+        help="vitsplit / linear with --no-augment: compute the frozen trunk's hidden states once "
+        "into DIR (safetensors) and train on them",
+    )  # fmt: skip
+    p.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction, default=True,
+        help="random rescale / crop / flip / colour in training (--no-augment: fixed rescale and "
+        "centre crop)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="head init, shuffling and augmentation")
     p.add_argument("--log-every", type=int, default=50, help="log a JSON line every N steps")
     _add_device(p)

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vitsplit_vlm.core.feature_cache import FrozenHidden
+
 from .losses import IGNORE_INDEX
 from .transforms import (
     IMAGENET_MEAN,
@@ -190,7 +192,8 @@ def collate(items: list[Item | Skipped]) -> Batch:
         return Batch(torch.empty(0, 3, 0, 0), None, None, None, [], skipped)
     images = [i.image for i in items]
     same = len({tuple(im.shape) for im in images}) == 1
-    stacked = torch.stack(images) if same else images
+    stack = FrozenHidden.stack if isinstance(images[0], FrozenHidden) else torch.stack
+    stacked = stack(images) if same else images
     seg = torch.stack([i.seg for i in items]) if items[0].seg is not None and same else None
     depth = torch.stack([i.depth for i in items]) if items[0].depth is not None and same else None
     targets = [i.target for i in items] if items[0].target is not None else None

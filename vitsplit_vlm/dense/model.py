@@ -27,6 +27,7 @@ import torch.nn as nn
 from torchvision.models.detection.image_list import ImageList
 
 from vitsplit_vlm.core import ViTSplit, ViTSplitConfig
+from vitsplit_vlm.core.feature_cache import FrozenHidden
 from vitsplit_vlm.core.layers import tokens_to_map
 from vitsplit_vlm.core.trunk import check_pixels, trunk_final_norm, trunk_spec, unwrap_vision_model
 
@@ -201,8 +202,16 @@ class DenseModel(nn.Module):
         """Frozen hidden states -> the map the head reads (B, C, h, w)."""
         return self.split.heads(hidden, grid).fused
 
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, C, H/p, W/p)."""
+    def features(self, pixels: torch.Tensor | FrozenHidden) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, H/p, W/p); cached hidden states (``--cache-features``) skip
+        the frozen trunk."""
+        if isinstance(pixels, FrozenHidden):
+            if self.split is None:
+                raise ValueError("method 'full' trains its trunk: it cannot read cached features")
+            p = self.patch_size
+            return self.features_from_hidden(
+                pixels.hidden, (pixels.shape[-2] // p, pixels.shape[-1] // p)
+            )
         if self.split is None:
             return self.backbone(pixels)
         grid = self.split.trunk.check_pixels(pixels)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn as nn
 
+from vitsplit_vlm.core.feature_cache import FrozenHidden
+
 from .datasets import Batch
 from .distributed import Ranks, join_group, ranks_from_env, sync_batch_norm
 
@@ -183,8 +185,9 @@ def batch_to(batch: Batch, device: torch.device) -> Batch:
     """`batch` with its tensors on `device` (the same object when nothing moves)."""
     if device.type == "cpu" and _on_cpu(batch):
         return batch
-    move = lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
-    images = move(batch.images) if isinstance(batch.images, torch.Tensor) else [
+    movable = (torch.Tensor, FrozenHidden)
+    move = lambda t: t.to(device, non_blocking=True) if isinstance(t, movable) else t  # noqa: E731
+    images = move(batch.images) if isinstance(batch.images, movable) else [
         move(im) for im in batch.images
     ]  # fmt: skip
     targets = None
@@ -199,7 +202,8 @@ def _on_cpu(batch: Batch) -> bool:
     tensors = [*images, batch.seg, batch.depth]
     for target in batch.targets or []:
         tensors += list(target.values())
-    return all(t.device.type == "cpu" for t in tensors if isinstance(t, torch.Tensor))
+    return all(t.device.type == "cpu" for t in tensors
+               if isinstance(t, (torch.Tensor, FrozenHidden)))  # fmt: skip
 
 
 def to_cpu(obj):

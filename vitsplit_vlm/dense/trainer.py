@@ -25,6 +25,7 @@ from vitsplit_vlm.core import flags
 
 from .checkpoint import TrunkRef, fingerprint, load_trainable_state, load_trunk, save_checkpoint
 from .engine import StepHook, TrainConfig, TrainResult, evaluate, train
+from .feature_cache import cache_dense_dataset, cache_refusal, fixed_pipeline
 from .longrun import (
     CheckpointHook,
     EvalHook,
@@ -99,6 +100,8 @@ class DenseTrainRun:
         try:  # a wrong layout or an unusable set is one line naming the cause
             self.train_set = build_dataset(plan.task, plan.data, "train", plan.preset, self.mean,
                                            self.std, train=True, seed=args.seed)  # fmt: skip
+            if not args.augment:
+                self.train_set.transforms = fixed_pipeline(self.train_set.transforms)
             self.batch_plan.check_dataset(len(self.train_set))
             self.val_set, self.eval_cfg = None, None
             if args.eval_untrained or not args.no_eval or args.eval_every:
@@ -134,6 +137,26 @@ class DenseTrainRun:
         self.params = count_parameters(self.model)
         self.identity = identity(spec=spec, trunk=self.ref, cfg=self.cfg,
                                  dataset_size=len(self.train_set))  # fmt: skip
+
+    def setup_cache(self) -> None:
+        """``--cache-features``: the training set reads the frozen trunk's hidden states from
+        the cache (rank 0 builds what is missing first, the others then find it built)."""
+        folder = self.args.cache_features
+        if folder is None:
+            return
+        reason = cache_refusal(self.args.method, self.train_set)
+        if reason is not None:
+            raise UsageError(reason)
+        trunk, layers = self.model.trunk_module(), self.model.required_layers
+        trunk.to(self.runtime.device)
+        for turn in ("main", "others"):
+            if (turn == "main") == self.runtime.is_main:
+                cached = cache_dense_dataset(self.train_set, trunk, layers, folder,
+                                             device=self.runtime.device, workers=self.args.workers,
+                                             log=self.say)  # fmt: skip
+            if self.runtime.distributed:
+                torch.distributed.barrier()
+        self.train_set = cached
 
     def setup_resume(self) -> None:
         """Load the checkpoint ``--resume`` points at (rank 0 decides which) into the model."""
@@ -187,6 +210,7 @@ class DenseTrainRun:
             self.out.mkdir(parents=True, exist_ok=True)
         self.setup_data()
         self.setup_model()
+        self.setup_cache()
         self.setup_resume()
         untrained = self._evaluate_untrained()
         self._describe()

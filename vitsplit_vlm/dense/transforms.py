@@ -167,6 +167,18 @@ class RandomCrop:
         return crop(sample, *box)
 
 
+@dataclass
+class CenterCrop:
+    """Deterministic centred `size` = (h, w) crop (``dense train --no-augment``'s RandomCrop)."""
+
+    size: tuple[int, int]
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        H, W = sample.size
+        h, w = min(self.size[0], H), min(self.size[1], W)
+        return crop(sample, (H - h) // 2, (W - w) // 2, h, w)
+
+
 def hflip(sample: Sample) -> Sample:
     """Mirror left-right."""
     out = replace(sample, image=sample.image[:, ::-1].copy())

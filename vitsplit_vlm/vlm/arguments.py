@@ -128,6 +128,13 @@ class DataArguments:
     fail_fast: bool = field(
         default=False, metadata={"help": "stop at the first bad sample instead of skipping it"}
     )
+    cache_features: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder of cached frozen-tower hidden states: built once (what is missing), "
+            "then every epoch reads them instead of images (vitsplit_vlm.vlm.feature_cache)"
+        },
+    )
 
 
 @dataclass

@@ -16,6 +16,8 @@ checkpoint start from the tower's own init (CLIP's), as in a freshly built model
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn as nn
 from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel, PreTrainedModel
@@ -23,6 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaPreTrainedModel
 from transformers.utils.generic import can_return_tuple
 
+from ..core.feature_cache import grid_from_tokens
 from ..core.trunk import check_pixels, frozen_hidden_states, trunk_spec
 from .configuration import ViTSplitLlavaConfig
 from .connector import CONNECTORS, build_connector, reset_connector_parameters
@@ -62,6 +65,21 @@ class _ConnectorInitMixin:
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
         model.get_vision_tower().requires_grad_(False)
         return loaded
+
+
+def cached_hidden_states(
+    tower: nn.Module, hidden: Mapping[int, torch.Tensor], connector: nn.Module
+) -> dict[int, torch.Tensor]:
+    """Cached hidden states checked against the layers `connector` reads, in the tower's dtype
+    and on its device (what the tower itself would have handed over)."""
+    missing = sorted(set(connector.required_layers) - set(hidden))
+    if missing:
+        raise ValueError(
+            f"cached hidden states hold layers {sorted(hidden)} but the connector reads "
+            f"{list(connector.required_layers)}: rebuild the feature cache for this connector"
+        )
+    weight = next(tower.parameters())
+    return {i: hidden[i].to(weight.device, weight.dtype) for i in connector.required_layers}
 
 
 class ViTSplitLlavaPreTrainedModel(_ConnectorInitMixin, LlavaPreTrainedModel):
@@ -107,6 +125,10 @@ class ViTSplitLlavaModel(_ConnectorInitMixin, LlavaModel):
     ) -> BaseModelOutputWithPooling:
         """(B, 3, H, W) -> image tokens (B, h*w, D); `pooler_output` is the per-image list.
 
+        `pixel_values` may instead be the tower's hidden states `{layer: (B, T, C)}` the
+        connector reads (``--cache_features``, `vitsplit_vlm.vlm.feature_cache`): then the
+        tower does not run.
+
         `return_dict=False` gives the tuple `(last_hidden_state, pooler_output)`. The connector
         decides which tokens of which layers it reads: `vision_feature_layer` may only repeat the
         config's, and `vision_feature_select_strategy` (and LLaVA's other tower options in
@@ -122,8 +144,15 @@ class ViTSplitLlavaModel(_ConnectorInitMixin, LlavaModel):
                 "with another vision_feature_layer (mm_vision_select_layer) instead"
             )
         connector = self.multi_modal_projector
-        grid = check_pixels(trunk_spec(self.vision_tower), pixel_values)
-        hidden = frozen_hidden_states(self.vision_tower, pixel_values, connector.required_layers)
+        spec = trunk_spec(self.vision_tower)
+        if isinstance(pixel_values, Mapping):  # the tower's hidden states, from a feature cache
+            hidden = cached_hidden_states(self.vision_tower, pixel_values, connector)
+            grid = grid_from_tokens(spec, next(iter(hidden.values())).shape[1])
+        else:
+            grid = check_pixels(spec, pixel_values)
+            hidden = frozen_hidden_states(
+                self.vision_tower, pixel_values, connector.required_layers
+            )
         features = connector(hidden, grid)
         return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=list(features))
 

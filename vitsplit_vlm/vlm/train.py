@@ -242,6 +242,19 @@ def apply_lora(model, training_args):
     return peft_model
 
 
+def use_feature_cache(dataset, model, data_args, training_args):
+    """``--cache_features DIR``: the dataset reading cached tower hidden states and its
+    collator; the main process builds what is missing, the others wait and read it."""
+    from .feature_cache import CachedCollator, cache_dataset
+
+    main = training_args.process_index == 0
+    cached = cache_dataset(
+        dataset, model, data_args.cache_features, device=training_args.device,
+        workers=training_args.dataloader_num_workers, log=print if main else None, is_main=main,
+    )  # fmt: skip
+    return cached, CachedCollator(dataset.tokenizer.pad_token_id, dataset.model_max_length)
+
+
 # --------------------------------------------------------------------------- saving
 
 
@@ -358,6 +371,8 @@ def train(argv: list[str]) -> dict:
         records=records,
     )
     collator = DataCollator(built.tokenizer.pad_token_id, training_args.model_max_length)
+    if data_args.cache_features:
+        dataset, collator = use_feature_cache(dataset, model, data_args, training_args)
     trainer = VLMTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=collator
     )
