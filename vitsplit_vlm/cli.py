@@ -40,6 +40,9 @@ COMMANDS: dict[str, Command] = {
     "params": module_command(
         "trainable parameters per component (paper Tabs. 4-6)", "vitsplit_vlm.params"
     ),
+    "analyze": module_command(
+        "layer CKA and per-layer feature maps (paper Figs. 3-4)", "vitsplit_vlm.analysis.cli"
+    ),
     # development: the embedded tiny default and its playground
     "quickstart": module_command(
         "run the embedded tiny default end to end", "vitsplit_vlm.playground.quickstart"

@@ -1,0 +1,166 @@
+"""`vitsplit-vlm analyze {cka,feature-maps}`: the paper's evidence (Figs. 3-4) on any backbone.
+
+    vitsplit-vlm analyze cka                                   # tiny DINOv2, scikit-image photos
+    vitsplit-vlm analyze cka --backbone PATH --images DIR --out runs/cka --tokens patch
+    vitsplit-vlm analyze feature-maps --checkpoint runs/dense/seg-vitsplit/checkpoint.pt
+    vitsplit-vlm analyze feature-maps --model-path checkpoints/vitsplit-tiny
+
+Without ``--backbone`` the tiny DINOv2 of ``make-tiny`` is used: the briefly pretrained one
+(``make-tiny --pretrain``) when it exists, since a random ViT has no layer hierarchy, else the
+random one (built if missing). Without ``--images``: the photos scikit-image ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from vitsplit_vlm.commands import Command, add_subcommands, run_subcommand
+
+from .layer_cka import TOKEN_MODES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_subcommands(parser, ACTIONS, dest="action")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads or int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    try:
+        return run_subcommand(args, ACTIONS, dest="action")
+    except ValueError as err:
+        raise SystemExit(f"vitsplit-vlm analyze {args.action}: error: {err}") from None
+
+
+def _add_common(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument(
+        "--images", type=Path, default=None,
+        help="a folder of images (or one image); default: the photos scikit-image ships",
+    )  # fmt: skip
+    p.add_argument("--max-images", type=int, default=None, help="use the first N images")
+    p.add_argument(
+        "--out", type=Path, default=Path(out), help="output folder (default %(default)s)"
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu, cuda:0, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ---- cka ------------------------------------------------------------------------------------
+
+
+def add_cka_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backbone", type=Path, default=None,
+        help="Hugging Face vision model folder (CLIP / SigLIP / DINOv2 / ViT, or any AutoModel "
+        "with hidden states); default: the tiny DINOv2",
+    )  # fmt: skip
+    p.add_argument(
+        "--tokens", default="patch", choices=tuple(TOKEN_MODES),
+        help="what one example is: " + "; ".join(f"{k}: {v}" for k, v in TOKEN_MODES.items()),
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=8, help="images per minibatch (default 8)")
+    p.add_argument(
+        "--tokens-per-image", type=int, default=None,
+        help="--tokens patch: keep this many random patch positions per image (bounds memory: "
+        "the Gram matrices take layers x (batch x tokens)^2 x 8 bytes)",
+    )  # fmt: skip
+    p.add_argument("--include-embeddings", action="store_true", help="add layer 0 (embeddings)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --tokens-per-image's positions")
+    _add_common(p, "runs/analysis/cka")
+
+
+def run_cka(args: argparse.Namespace) -> int:
+    from .inputs import image_source, load_backbone, pick_device
+    from .layer_cka import gram_bytes, run_layer_cka
+    from .plots import cka_heatmap
+
+    images = image_source(args.images, limit=args.max_images)
+    backbone = load_backbone(args.backbone or default_backbone(), pick_device(args.device))
+    layers = backbone.num_blocks + int(args.include_embeddings)
+    print(
+        f"CKA of {layers} layers of {backbone.path} over {len(images)} image(s) from "
+        f"{images.origin}, --tokens {args.tokens}; Gram matrices per batch: "
+        f"{_per_batch_memory(args, backbone, layers, gram_bytes)}"
+    )
+    with _bar(len(images), args.no_progress) as bar:
+        result = run_layer_cka(
+            backbone, images, tokens=args.tokens, batch_size=args.batch_size,
+            tokens_per_image=args.tokens_per_image, include_embeddings=args.include_embeddings,
+            seed=args.seed, progress=bar.update,
+        )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = result.to_json(
+        backbone=backbone.path,
+        model_type=backbone.model.config.model_type,
+        images=images.origin,
+        batch_size=args.batch_size,
+        tokens_per_image=args.tokens_per_image,
+    )
+    (args.out / "cka.json").write_text(json.dumps(record, indent=1) + "\n")
+    title = f"{Path(backbone.path).name}: linear CKA, {result.images} images, {args.tokens} tokens"
+    cka_heatmap(result.matrix.numpy(), result.layers, title, args.out / "cka.png")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}")
+    print(
+        f"{result.images} images, {result.examples} examples in {result.batches} batches -> "
+        f"{args.out / 'cka.json'}, {args.out / 'cka.png'}"
+    )
+    return 0
+
+
+def _per_batch_memory(args, backbone, layers: int, gram_bytes) -> str:
+    if args.tokens != "patch":
+        return f"{gram_bytes(layers, args.batch_size) / 2**20:.1f} MiB"
+    return f"{layers} x (batch x tokens)^2 x 8 bytes"
+
+
+def default_backbone() -> Path:
+    """The tiny DINOv2: the pretrained one if `make-tiny --pretrain` wrote it, else the random
+    one (built now if missing); says which."""
+    from vitsplit_vlm.playground import paths
+
+    if (paths.TINY_DINOV2_PRETRAINED / "config.json").is_file():
+        print(f"--backbone {paths.TINY_DINOV2_PRETRAINED} (the briefly pretrained tiny DINOv2)")
+        return paths.TINY_DINOV2_PRETRAINED
+    if not (paths.TINY_DINOV2 / "config.json").is_file():
+        from vitsplit_vlm.playground.tiny import make_tiny
+
+        make_tiny(paths.TINY)
+    print(
+        f"--backbone {paths.TINY_DINOV2} (the random tiny DINOv2: its layers barely differ; "
+        "`vitsplit-vlm make-tiny --pretrain` builds one with a layer hierarchy)"
+    )
+    return paths.TINY_DINOV2
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _bar(total: int, disabled: bool):
+    if disabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="images", unit="img")
+
+
+ACTIONS: dict[str, Command] = {
+    "cka": Command(
+        "linear CKA between all layer pairs (paper Fig. 3): JSON + heat map",
+        add_cka_arguments,
+        run_cka,
+    ),
+}
