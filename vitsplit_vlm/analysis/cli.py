@@ -138,6 +138,107 @@ def default_backbone() -> Path:
     return paths.TINY_DINOV2
 
 
+# ---- feature-maps ---------------------------------------------------------------------------
+
+DENSE_PLAYGROUND_CHECKPOINT = Path("runs/dense/seg-vitsplit/checkpoint.pt")  # dense train's default
+
+
+def add_feature_map_arguments(p: argparse.ArgumentParser) -> None:
+    from .feature_maps import REDUCTIONS
+
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="a dense checkpoint (`vitsplit-vlm dense train`): its task head beside its trunk; "
+        f"default {DENSE_PLAYGROUND_CHECKPOINT} when it exists",
+    )  # fmt: skip
+    source.add_argument(
+        "--model-path", type=Path, default=None,
+        help="a VLM model folder (stage 2 / merge-lora): its connector's task head",
+    )  # fmt: skip
+    p.add_argument(
+        "--backbone", type=Path, default=None,
+        help="the frozen trunk: alone (no task head), or where a checkpoint's trunk now lives",
+    )  # fmt: skip
+    p.add_argument(
+        "--map", default="pca", choices=tuple(REDUCTIONS),
+        help="one number per patch token: first principal component (pca), the first channel "
+        "(channel0, the paper's), or the token norm",
+    )  # fmt: skip
+    _add_common(p, "runs/analysis/feature-maps")
+    p.set_defaults(max_images=4)
+
+
+def run_feature_map_command(args: argparse.Namespace) -> int:
+    from .feature_maps import run_feature_maps
+    from .inputs import image_source, pick_device
+    from .plots import map_grid
+
+    images = image_source(args.images, limit=args.max_images)
+    source = _task_head_source(args, pick_device(args.device))
+    backbone = source.backbone if source else _frozen_only(args, pick_device(args.device))
+    print(f"feature maps ({args.map}) of {backbone.path}"
+          f"{f' beside the task head of {source.label}' if source else ''}: {len(images)} image(s)")  # fmt: skip
+    with _bar(len(images), args.no_progress) as bar:
+        run = run_feature_maps(backbone, images, heads=source.heads if source else None,
+                               reduce=args.map, progress=bar.update)  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "backbone": backbone.path,
+        "task_head": source.label if source else None,
+        "map": args.map,
+        "layers": run.layers,
+        "layer_index": "hidden_states index: i = output of block i (task head: of its copy)",
+        "task_head_layers": run.task_layers,
+        "task_head_cka_with_frozen": {str(k): round(v, 6) for k, v in run.task_cka.items()},
+        "images": [m.name for m in run.images],
+        "images_skipped": run.skipped,
+    }
+    (args.out / "feature_maps.json").write_text(json.dumps(record, indent=1) + "\n")
+    rows, thumbs = [], []
+    for maps in run.images:
+        rows.append((f"{maps.name}\nfrozen", [maps.frozen[i] for i in run.layers]))
+        thumbs.append(maps.thumbnail)
+        if source:
+            rows.append(("task head", [maps.task.get(i) for i in run.layers]))
+            thumbs.append(None)
+    title = f"{Path(backbone.path).name}: {args.map} of patch tokens per layer"
+    if source:
+        title += f"; task head of {source.label}"
+    png = map_grid(
+        rows, [f"L{i}" for i in run.layers], thumbs, title, args.out / "feature_maps.png"
+    )
+    if run.task_cka:
+        drift = ", ".join(f"L{k} {v:.3f}" for k, v in run.task_cka.items())
+        print(f"task head vs frozen layer, linear CKA of patch tokens: {drift}")
+    print(f"{len(run.images)} image(s) -> {args.out / 'feature_maps.json'}, {png}")
+    return 0
+
+
+def _task_head_source(args: argparse.Namespace, device):
+    from .feature_maps import load_dense_source, load_vlm_source
+
+    if args.model_path is not None:
+        return load_vlm_source(args.model_path, device=device)
+    checkpoint = args.checkpoint
+    if checkpoint is None and args.backbone is None and DENSE_PLAYGROUND_CHECKPOINT.is_file():
+        checkpoint = DENSE_PLAYGROUND_CHECKPOINT
+        print(f"--checkpoint {checkpoint} (the playground's dense seg run)")
+    if checkpoint is None:
+        return None
+    if not checkpoint.is_file():
+        raise ValueError(f"--checkpoint {checkpoint}: no such file")
+    return load_dense_source(checkpoint, trunk_path=args.backbone, device=device)
+
+
+def _frozen_only(args: argparse.Namespace, device):
+    from .inputs import load_backbone
+
+    backbone = load_backbone(args.backbone or default_backbone(), device)
+    print("no --checkpoint / --model-path: frozen layers only")
+    return backbone
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -162,5 +263,10 @@ ACTIONS: dict[str, Command] = {
         "linear CKA between all layer pairs (paper Fig. 3): JSON + heat map",
         add_cka_arguments,
         run_cka,
+    ),
+    "feature-maps": Command(
+        "per-layer feature maps, the frozen trunk beside a trained task head (paper Fig. 4)",
+        add_feature_map_arguments,
+        run_feature_map_command,
     ),
 }

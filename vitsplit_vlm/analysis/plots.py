@@ -53,9 +53,8 @@ def map_grid(
     row's image thumbnail (or nothing) in front; None leaves a cell empty."""
     plt = pyplot()
     cols = len(columns) + 1
-    fig, axes = plt.subplots(
-        len(rows), cols, figsize=(1.1 * cols, 1.15 * len(rows) + 0.4), dpi=100, squeeze=False
-    )
+    height = 0.95 * len(rows) + 0.45
+    fig, axes = plt.subplots(len(rows), cols, figsize=(0.9 * cols + 0.5, height), squeeze=False)
     for r, ((label, maps), thumb) in enumerate(zip(rows, thumbnails, strict=True)):
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([])
@@ -72,7 +71,7 @@ def map_grid(
             if r == 0:
                 ax.set_title(columns[c - 1], fontsize=7)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout(pad=0.2)
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.3 / height))  # room for the title
     fig.savefig(path)
     plt.close(fig)
     return path
