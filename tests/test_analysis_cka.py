@@ -193,3 +193,24 @@ def test_cli_bad_paths_are_one_line_errors(tiny, tmp_path, args, message):
     text = str(exit_info.value.code)
     assert text.startswith("vitsplit-vlm analyze cka: error: ")
     assert message.format(tmp=tmp_path) in text and "\n" not in text
+
+
+def test_any_automodel_with_hidden_states(tmp_path):
+    """A family the ViT-Split trunk registry does not know (BEiT) goes through
+    `output_hidden_states`; a folder without an image processor is resized to the config's size
+    with ImageNet statistics."""
+    from transformers import BeitConfig, BeitModel
+
+    from vitsplit_vlm.analysis.inputs import image_source, load_backbone
+    from vitsplit_vlm.analysis.layer_cka import run_layer_cka
+
+    torch.manual_seed(0)
+    config = BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3,
+                        num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    BeitModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "beit")
+    backbone = load_backbone(tmp_path / "beit")
+    assert backbone.num_blocks == 3 and backbone.num_prefix_tokens == 1
+    result = run_layer_cka(backbone, image_source(_photo_folder(tmp_path / "imgs", 4)),
+                           batch_size=4)  # fmt: skip
+    assert result.examples == 4 * 16 and result.matrix.shape == (3, 3)
+    assert torch.allclose(result.matrix.diagonal(), torch.ones(3, dtype=torch.float64))

@@ -114,9 +114,16 @@ def run_cka(args: argparse.Namespace) -> int:
 
 
 def _per_batch_memory(args, backbone, layers: int, gram_bytes) -> str:
-    if args.tokens != "patch":
-        return f"{gram_bytes(layers, args.batch_size) / 2**20:.1f} MiB"
-    return f"{layers} x (batch x tokens)^2 x 8 bytes"
+    """The Gram matrices of one minibatch, from the model's configured image size."""
+    size = getattr(backbone.model.config, "image_size", None)
+    per_image = 1
+    if args.tokens == "patch" and isinstance(size, int):
+        per_image = (size // backbone.patch_size) ** 2
+        per_image = min(per_image, args.tokens_per_image or per_image)
+    elif args.tokens == "patch":
+        return "unknown (no image_size in the config)"
+    examples = args.batch_size * per_image
+    return f"{examples} examples, {gram_bytes(layers, examples) / 2**20:.1f} MiB"
 
 
 def default_backbone() -> Path:
