@@ -36,12 +36,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"vitsplit-vlm analyze {args.action}: error: {err}") from None
 
 
-def _add_common(p: argparse.ArgumentParser, out: str) -> None:
+def _add_common(p: argparse.ArgumentParser, out: str, max_images: int | None = None) -> None:
     p.add_argument(
         "--images", type=Path, default=None,
         help="a folder of images (or one image); default: the photos scikit-image ships",
     )  # fmt: skip
-    p.add_argument("--max-images", type=int, default=None, help="use the first N images")
+    p.add_argument(
+        "--max-images", type=int, default=max_images,
+        help="use the first N images (default: %s)" % (max_images or "all"),
+    )  # fmt: skip
     p.add_argument(
         "--out", type=Path, default=Path(out), help="output folder (default %(default)s)"
     )
@@ -172,8 +175,7 @@ def add_feature_map_arguments(p: argparse.ArgumentParser) -> None:
         help="one number per patch token: first principal component (pca), the first channel "
         "(channel0, the paper's), or the token norm",
     )  # fmt: skip
-    _add_common(p, "runs/analysis/feature-maps")
-    p.set_defaults(max_images=4)
+    _add_common(p, "runs/analysis/feature-maps", max_images=4)
 
 
 def run_feature_map_command(args: argparse.Namespace) -> int:
@@ -226,6 +228,8 @@ def _task_head_source(args: argparse.Namespace, device):
     from .feature_maps import load_dense_source, load_vlm_source
 
     if args.model_path is not None:
+        if args.backbone is not None:
+            raise ValueError("--backbone: a VLM folder holds its own vision tower; give one of them")
         return load_vlm_source(args.model_path, device=device)
     checkpoint = args.checkpoint
     if checkpoint is None and args.backbone is None and DENSE_PLAYGROUND_CHECKPOINT.is_file():
