@@ -229,7 +229,9 @@ def _task_head_source(args: argparse.Namespace, device):
 
     if args.model_path is not None:
         if args.backbone is not None:
-            raise ValueError("--backbone: a VLM folder holds its own vision tower; give one of them")
+            raise ValueError(
+                "--backbone: a VLM folder holds its own vision tower; give one of them"
+            )
         return load_vlm_source(args.model_path, device=device)
     checkpoint = args.checkpoint
     if checkpoint is None and args.backbone is None and DENSE_PLAYGROUND_CHECKPOINT.is_file():

@@ -32,6 +32,10 @@ def cka_heatmap(matrix: np.ndarray, layers: Sequence[int], title: str, path: Pat
     ticks = list(range(0, len(layers), step))
     ax.set_xticks(ticks, [str(layers[i]) for i in ticks])
     ax.set_yticks(ticks, [str(layers[i]) for i in ticks])
+    if len(layers) <= 12:  # small matrices: the values too
+        for (i, j), value in np.ndenumerate(matrix):
+            colour = "black" if value > 0.6 else "white"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=colour)
     ax.set_xlabel("layer")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
