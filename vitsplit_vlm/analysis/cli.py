@@ -96,6 +96,7 @@ def run_cka(args: argparse.Namespace) -> int:
             tokens_per_image=args.tokens_per_image, include_embeddings=args.include_embeddings,
             seed=args.seed, progress=bar.update,
         )  # fmt: skip
+        bar.update(len(result.skipped))  # unreadable files count as handled
     args.out.mkdir(parents=True, exist_ok=True)
     record = result.to_json(
         backbone=backbone.path,
@@ -107,13 +108,17 @@ def run_cka(args: argparse.Namespace) -> int:
     (args.out / "cka.json").write_text(json.dumps(record, indent=1) + "\n")
     title = f"{Path(backbone.path).name}: linear CKA, {result.images} images, {args.tokens} tokens"
     cka_heatmap(result.matrix.numpy(), result.layers, title, args.out / "cka.png")
-    if result.skipped:
-        print(f"skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}")
+    _report_skipped(result.skipped)
     print(
         f"{result.images} images, {result.examples} examples in {result.batches} batches -> "
         f"{args.out / 'cka.json'}, {args.out / 'cka.png'}"
     )
     return 0
+
+
+def _report_skipped(skipped: list[str]) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
 
 
 def _per_batch_memory(args, backbone, layers: int, gram_bytes) -> str:
@@ -191,6 +196,7 @@ def run_feature_map_command(args: argparse.Namespace) -> int:
     with _bar(len(images), args.no_progress) as bar:
         run = run_feature_maps(backbone, images, heads=source.heads if source else None,
                                reduce=args.map, progress=bar.update)  # fmt: skip
+        bar.update(len(run.skipped))  # unreadable files count as handled
     args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "backbone": backbone.path,
@@ -220,6 +226,7 @@ def run_feature_map_command(args: argparse.Namespace) -> int:
     if run.task_cka:
         drift = ", ".join(f"L{k} {v:.3f}" for k, v in run.task_cka.items())
         print(f"task head vs frozen layer, linear CKA of patch tokens: {drift}")
+    _report_skipped(run.skipped)
     print(f"{len(run.images)} image(s) -> {args.out / 'feature_maps.json'}, {png}")
     return 0
 
