@@ -95,13 +95,14 @@ def test_too_small_batches_are_refused():
 # ---- on tiny real models ---------------------------------------------------------------------
 
 
-def _photo_folder(folder, count: int = 5):
-    """`count` small RGB images (random blobs, seeded) written as PNG."""
+def photo_folder(folder, count: int = 5, size: tuple[int, int] = (96, 80)):
+    """`count` small RGB images (smooth random blobs, seeded) written as PNG; also used by
+    test_analysis_feature_maps."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(count):
         coarse = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((96, 80), Image.BICUBIC).save(folder / f"img{i}.png")
+        Image.fromarray(coarse).resize(size, Image.BICUBIC).save(folder / f"img{i}.png")
     return folder
 
 
@@ -113,7 +114,7 @@ def test_layer_cka_matches_transformers_hidden_states(tiny, tmp_path):
     from vitsplit_vlm.analysis.inputs import image_source, load_backbone
     from vitsplit_vlm.analysis.layer_cka import run_layer_cka
 
-    folder = _photo_folder(tmp_path / "imgs", 6)
+    folder = photo_folder(tmp_path / "imgs", 6)
     backbone = load_backbone(tiny.dinov2)
     result = run_layer_cka(backbone, image_source(folder), tokens="patch", batch_size=4)
     assert result.layers == list(range(1, 9)) and result.images == 6 and result.batches == 2
@@ -133,7 +134,7 @@ def test_cls_and_mean_tokens_and_a_model_without_cls(tiny, tmp_path):
     from vitsplit_vlm.analysis.inputs import image_source, load_backbone
     from vitsplit_vlm.analysis.layer_cka import run_layer_cka
 
-    folder = _photo_folder(tmp_path / "imgs", 9)
+    folder = photo_folder(tmp_path / "imgs", 9)
     clip = load_backbone(tiny.clip)
     result = run_layer_cka(clip, image_source(folder), tokens="cls", batch_size=4)
     assert result.images == 8 and result.unused == 1  # a last batch of 1 image is too small
@@ -146,7 +147,7 @@ def test_cls_and_mean_tokens_and_a_model_without_cls(tiny, tmp_path):
 
 
 def test_cli_writes_json_and_heatmap(tiny, tmp_path, capsys):
-    folder = _photo_folder(tmp_path / "imgs", 5)
+    folder = photo_folder(tmp_path / "imgs", 5)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
     code = main(["analyze", "cka", "--backbone", str(tiny.dinov2), "--images", str(folder),
@@ -210,7 +211,7 @@ def test_any_automodel_with_hidden_states(tmp_path):
     BeitModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "beit")
     backbone = load_backbone(tmp_path / "beit")
     assert backbone.num_blocks == 3 and backbone.num_prefix_tokens == 1
-    result = run_layer_cka(backbone, image_source(_photo_folder(tmp_path / "imgs", 4)),
+    result = run_layer_cka(backbone, image_source(photo_folder(tmp_path / "imgs", 4)),
                            batch_size=4)  # fmt: skip
     assert result.examples == 4 * 16 and result.matrix.shape == (3, 3)
     assert torch.allclose(result.matrix.diagonal(), torch.ones(3, dtype=torch.float64))

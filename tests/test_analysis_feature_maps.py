@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_analysis_cka import photo_folder
 from transformers import AutoModel
 
 from vitsplit_vlm.analysis.feature_maps import REDUCTIONS, first_component
@@ -21,12 +22,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _images(folder, count=2):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        coarse = rng.integers(0, 255, (5, 5, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((70, 84), Image.BICUBIC).save(folder / f"im{i}.png")
-    return folder
+    return photo_folder(folder, count, size=(70, 84))
 
 
 def _seg_checkpoint(tiny, path, *, method="vitsplit", train_steps=0):
@@ -90,7 +86,7 @@ def test_cli_trained_dense_checkpoint_writes_json_and_png(tiny, tmp_path):
           "--map", "channel0"])  # fmt: skip
     record = json.loads((out / "feature_maps.json").read_text())
     assert record["task_head"] == "dense seg seg.pt" and record["task_head_layers"] == [6, 7, 8]
-    assert record["images"] == ["im0.png", "im1.png", "im2.png"]
+    assert record["images"] == ["img0.png", "img1.png", "img2.png"]
     cka = record["task_head_cka_with_frozen"]
     assert cka["8"] < 0.999  # training moved the task head's last block away from the frozen one
     with Image.open(out / "feature_maps.png") as png:
