@@ -83,10 +83,11 @@ def test_cli_trained_dense_checkpoint_writes_json_and_png(tiny, tmp_path):
     path = _seg_checkpoint(tiny, tmp_path / "seg.pt", train_steps=4)
     out = tmp_path / "out"
     _run(["--checkpoint", path, "--images", _images(tmp_path / "im", 3), "--out", out,
-          "--map", "channel0"])  # fmt: skip
+          "--map", "channel0", "--size", "168"])  # fmt: skip
     record = json.loads((out / "feature_maps.json").read_text())
     assert record["task_head"] == "dense seg seg.pt" and record["task_head_layers"] == [6, 7, 8]
     assert record["images"] == ["img0.png", "img1.png", "img2.png"]
+    assert record["grid"] == [12, 12]  # --size 168 / patch 14
     cka = record["task_head_cka_with_frozen"]
     assert cka["8"] < 0.999  # training moved the task head's last block away from the frozen one
     with Image.open(out / "feature_maps.png") as png:
@@ -116,6 +117,7 @@ def test_cli_frozen_only_and_errors(tiny, tmp_path):
         (["--checkpoint", tmp_path / "nope.pt"], f"--checkpoint {tmp_path / 'nope.pt'}: no such"),
         (["--checkpoint", linear], f"{linear} (method linear) has no ViT-Split task head"),
         (["--model-path", tmp_path], f"--model-path {tmp_path}: no config.json"),
+        (["--backbone", tiny.clip, "--size", "100"], "--size 100: not a multiple of the patch"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(["analyze", "feature-maps", *map(str, args), "--out", str(out), "--no-progress"])

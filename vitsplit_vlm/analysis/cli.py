@@ -99,7 +99,7 @@ def run_cka(args: argparse.Namespace) -> int:
         bar.update(len(result.skipped))  # unreadable files count as handled
     args.out.mkdir(parents=True, exist_ok=True)
     record = result.to_json(
-        backbone=backbone.path,
+        backbone=_shown(backbone.path),
         model_type=backbone.model.config.model_type,
         images=images.origin,
         batch_size=args.batch_size,
@@ -114,6 +114,14 @@ def run_cka(args: argparse.Namespace) -> int:
         f"{args.out / 'cka.json'}, {args.out / 'cka.png'}"
     )
     return 0
+
+
+def _shown(path: str) -> str:
+    """`path` relative to the working folder when inside it (no machine paths in the JSON)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _report_skipped(skipped: list[str]) -> None:
@@ -180,6 +188,11 @@ def add_feature_map_arguments(p: argparse.ArgumentParser) -> None:
         help="one number per patch token: first principal component (pca), the first channel "
         "(channel0, the paper's), or the token norm",
     )  # fmt: skip
+    p.add_argument(
+        "--size", type=int, default=None,
+        help="square input size, a multiple of the patch size (default: the model's own "
+        "preprocessing); larger gives finer maps",
+    )  # fmt: skip
     _add_common(p, "runs/analysis/feature-maps", max_images=4)
 
 
@@ -191,6 +204,8 @@ def run_feature_map_command(args: argparse.Namespace) -> int:
     images = image_source(args.images, limit=args.max_images)
     source = _task_head_source(args, pick_device(args.device))
     backbone = source.backbone if source else _frozen_only(args, pick_device(args.device))
+    if args.size is not None:
+        backbone.resize_to(args.size)
     print(f"feature maps ({args.map}) of {backbone.path}"
           f"{f' beside the task head of {source.label}' if source else ''}: {len(images)} image(s)")  # fmt: skip
     with _bar(len(images), args.no_progress) as bar:
@@ -199,9 +214,10 @@ def run_feature_map_command(args: argparse.Namespace) -> int:
         bar.update(len(run.skipped))  # unreadable files count as handled
     args.out.mkdir(parents=True, exist_ok=True)
     record = {
-        "backbone": backbone.path,
+        "backbone": _shown(backbone.path),
         "task_head": source.label if source else None,
         "map": args.map,
+        "grid": list(run.images[0].frozen[run.layers[0]].shape),  # of the first image
         "layers": run.layers,
         "layer_index": "hidden_states index: i = output of block i (task head: of its copy)",
         "task_head_layers": run.task_layers,

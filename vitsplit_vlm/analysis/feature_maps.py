@@ -20,7 +20,7 @@ import torch
 from vitsplit_vlm.core.heads import ViTSplitHeads
 
 from .cka import linear_cka
-from .inputs import Backbone, ImageSource, all_hidden_states, resize_normalize, wrap_backbone
+from .inputs import Backbone, ImageSource, all_hidden_states, wrap_backbone
 
 
 def first_component(tokens: torch.Tensor) -> torch.Tensor:
@@ -70,8 +70,9 @@ def load_dense_source(
     _require_task_head(heads, f"{path} (method {model.spec.method})")
     source = str(trunk_path or payload["trunk"]["path"])
     backbone = wrap_backbone(model.trunk_module(), source, device)
-    norm, size = payload["normalization"], model.trunk_spec.image_size
-    backbone.preprocess = lambda images: resize_normalize(images, size, norm["mean"], norm["std"])
+    backbone.mean = tuple(payload["normalization"]["mean"])  # what the heads were trained on
+    backbone.std = tuple(payload["normalization"]["std"])
+    backbone.resize_to(model.trunk_spec.image_size)
     return TaskHeadSource(f"dense {model.spec.task} {Path(path).name}", backbone, heads.to(device))
 
 
@@ -88,6 +89,8 @@ def load_vlm_source(path: str | Path, *, device: torch.device) -> TaskHeadSource
     _require_task_head(heads, f"{path} ({type(connector).__name__})")
     backbone = wrap_backbone(engine.model.model.vision_tower, path, device)
     backbone.preprocess = lambda images: torch.stack([engine.prepare_image(im) for im in images])
+    backbone.mean = tuple(engine.image_processor.image_mean)
+    backbone.std = tuple(engine.image_processor.image_std)
     return TaskHeadSource(f"VLM {Path(path).name}", backbone, heads)
 
 

@@ -103,9 +103,18 @@ class Backbone:
     num_prefix_tokens: int  # CLS (+ registers) before the patch tokens
     patch_size: int
     preprocess: Callable[[list[Image.Image]], torch.Tensor]  # -> (B, 3, H, W)
+    mean: tuple[float, ...] = IMAGENET_MEAN  # the normalisation `preprocess` applies
+    std: tuple[float, ...] = IMAGENET_STD
 
     def grid(self, pixels: torch.Tensor) -> tuple[int, int]:
         return pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+
+    def resize_to(self, size: int) -> None:
+        """Preprocess by a square resize to `size` (a multiple of the patch size; position
+        embeddings are interpolated) with the same normalisation: finer maps for small models."""
+        if size < self.patch_size or size % self.patch_size:
+            raise ValueError(f"--size {size}: not a multiple of the patch size {self.patch_size}")
+        self.preprocess = lambda images: resize_normalize(images, size, self.mean, self.std)
 
 
 def load_backbone(path: str | Path, device: torch.device | str = "cpu") -> Backbone:
@@ -137,8 +146,8 @@ def wrap_backbone(model: nn.Module, path: str | Path, device: torch.device | str
         patch = _as_int(getattr(cfg, "patch_size", None), f"{path}: config has no patch_size")
         prefix = 1 if hasattr(getattr(model, "embeddings", None), "cls_token") else 0
     model = model.to(device).eval().requires_grad_(False)
-    preprocess = _preprocessor(Path(path), model.config)
-    return Backbone(model, str(path), blocks, prefix, patch, preprocess)
+    preprocess, mean, std = _preprocessor(Path(path), model.config)
+    return Backbone(model, str(path), blocks, prefix, patch, preprocess, mean, std)
 
 
 def _as_int(value, message: str) -> int:
@@ -147,15 +156,26 @@ def _as_int(value, message: str) -> int:
     return value if isinstance(value, int) else int(value[0])
 
 
-def _preprocessor(path: Path, config) -> Callable[[list[Image.Image]], torch.Tensor]:
+def _preprocessor(path: Path, config) -> tuple[Callable, tuple, tuple]:
+    """(images -> pixels, mean, std) from the folder's image processor, else a square resize."""
     if (path / "preprocessor_config.json").is_file():
         from transformers import AutoImageProcessor
 
         processor = AutoImageProcessor.from_pretrained(str(path))
-        return lambda images: processor(images=images, return_tensors="pt")["pixel_values"]
+        mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN)
+        std = tuple(getattr(processor, "image_std", None) or IMAGENET_STD)
+        return (
+            lambda images: processor(images=images, return_tensors="pt")["pixel_values"],
+            mean,
+            std,
+        )
     size = _as_int(getattr(config, "image_size", None), f"{path}: no image processor, no size")
     print(f"{path}: no preprocessor_config.json; resizing to {size}x{size} with ImageNet stats")
-    return lambda images: resize_normalize(images, size, IMAGENET_MEAN, IMAGENET_STD)
+    return (
+        lambda images: resize_normalize(images, size, IMAGENET_MEAN, IMAGENET_STD),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
 
 
 def resize_normalize(images: list[Image.Image], size: int, mean, std) -> torch.Tensor:
