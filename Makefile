@@ -29,7 +29,7 @@ analysis: $(ANALYSIS_STAMP)
 		--task seg --preset playground --backbone playground/tiny/dinov2-pretrained \
 		--task-head-lr-mult 1 --out runs/analysis/seg-run
 	$(VENV)/bin/vitsplit-vlm analyze feature-maps --checkpoint runs/analysis/seg-run/checkpoint.pt \
-		--max-images 3 --out $(ANALYSIS_OUT)
+		--max-images 3 --size 224 --out $(ANALYSIS_OUT)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check vitsplit_vlm tests benchmarks

@@ -58,7 +58,9 @@ def map_grid(
     plt = pyplot()
     cols = len(columns) + 1
     height = 0.95 * len(rows) + 0.45
-    fig, axes = plt.subplots(len(rows), cols, figsize=(0.9 * cols + 0.5, height), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), cols, figsize=(0.9 * cols + 0.5, height), dpi=80, squeeze=False
+    )
     for r, ((label, maps), thumb) in enumerate(zip(rows, thumbnails, strict=True)):
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([])
