@@ -7,10 +7,11 @@ every layer pair, so memory stays at one batch whatever the number of images.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
 from .cka import MIN_BATCH, MinibatchCKA
 from .inputs import Backbone, ImageSource, all_hidden_states
@@ -94,42 +95,46 @@ def run_layer_cka(
     """
     if tokens not in TOKEN_MODES:
         raise ValueError(f"--tokens: one of {', '.join(TOKEN_MODES)}, got {tokens!r}")
-    if tokens != "patch" and batch_size < MIN_BATCH:
-        raise ValueError(f"--batch-size: at least {MIN_BATCH} images with --tokens {tokens}")
+    if batch_size < (1 if tokens == "patch" else MIN_BATCH):
+        raise ValueError(f"--batch-size {batch_size}: too small for --tokens {tokens}")
+    if tokens_per_image is not None and tokens_per_image < 1:
+        raise ValueError(f"--tokens-per-image {tokens_per_image}: must be at least 1")
     layers = list(range(0 if include_embeddings else 1, backbone.num_blocks + 1))
+    prefix = backbone.num_prefix_tokens
     acc = MinibatchCKA(len(layers))
-    keep, used, unused, batch = None, 0, 0, []
-
-    def flush() -> None:
-        nonlocal keep, used, unused
-        if not batch:
-            return
+    keep, used, unused = None, 0, 0
+    for batch in _batches(images, batch_size):
         hidden = all_hidden_states(backbone, backbone.preprocess(batch))
         if tokens == "patch" and tokens_per_image is not None and keep is None:
-            keep = _token_subset(hidden[0].shape[1] - backbone.num_prefix_tokens,
-                                 tokens_per_image, seed)  # fmt: skip
-        feats = [pool_tokens(hidden[i], tokens, backbone.num_prefix_tokens, keep) for i in layers]
+            keep = _token_subset(hidden[0].shape[1] - prefix, tokens_per_image, seed)
+        feats = [pool_tokens(hidden[i], tokens, prefix, keep) for i in layers]
         if feats[0].shape[0] >= MIN_BATCH:
             acc.update(feats)
             used += len(batch)
-        else:
+        else:  # a last batch too small for the unbiased estimator
             unused += len(batch)
         if progress:
             progress(len(batch))
-        batch.clear()
-
-    for _, image in images:
-        batch.append(image)
-        if len(batch) == batch_size:
-            flush()
-    flush()
     if not acc.batches:
         raise ValueError(
             f"{images.origin}: {used + unused} readable image(s), too few for the estimator "
             f"(needs {MIN_BATCH} examples per batch; try --tokens patch)"
         )
-    return LayerCKA(acc.compute(), layers, tokens, used, acc.examples, acc.batches,
-                    list(images.skipped), unused)  # fmt: skip
+    return LayerCKA(
+        acc.compute(), layers, tokens, used, acc.examples, acc.batches, images.skipped, unused
+    )
+
+
+def _batches(images: ImageSource, size: int) -> Iterator[list[Image.Image]]:
+    """Lists of up to `size` opened images."""
+    batch = []
+    for _, image in images:
+        batch.append(image)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _token_subset(num_patches: int, count: int, seed: int) -> torch.Tensor | None:
