@@ -79,7 +79,7 @@ def add_cka_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cka(args: argparse.Namespace) -> int:
     from .inputs import image_source, load_backbone, pick_device
-    from .layer_cka import gram_bytes, run_layer_cka
+    from .layer_cka import run_layer_cka
     from .plots import cka_heatmap
 
     images = image_source(args.images, limit=args.max_images)
@@ -88,7 +88,7 @@ def run_cka(args: argparse.Namespace) -> int:
     print(
         f"CKA of {layers} layers of {backbone.path} over {len(images)} image(s) from "
         f"{images.origin}, --tokens {args.tokens}; Gram matrices per batch: "
-        f"{_per_batch_memory(args, backbone, layers, gram_bytes)}"
+        f"{_per_batch_memory(args, backbone, layers)}"
     )
     with _bar(len(images), args.no_progress) as bar:
         result = run_layer_cka(
@@ -129,8 +129,10 @@ def _report_skipped(skipped: list[str]) -> None:
         print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
 
 
-def _per_batch_memory(args, backbone, layers: int, gram_bytes) -> str:
+def _per_batch_memory(args, backbone, layers: int) -> str:
     """The Gram matrices of one minibatch, from the model's configured image size."""
+    from .layer_cka import gram_bytes
+
     size = getattr(backbone.model.config, "image_size", None)
     per_image = 1
     if args.tokens == "patch" and isinstance(size, int):
