@@ -25,7 +25,7 @@ def _images(folder, count=2):
     return photo_folder(folder, count, size=(70, 84))
 
 
-def _seg_checkpoint(tiny, path, *, method="vitsplit", train_steps=0):
+def _seg_checkpoint(tiny, path, *, method="vitsplit", train_steps=0, recorded_trunk=None):
     """A seg checkpoint on the tiny DINOv2 (k=3, all tokens into the task head); with
     `train_steps`, that many AdamW steps on a fixed batch (the head and task head learn)."""
     trunk = AutoModel.from_pretrained(tiny.dinov2)
@@ -42,7 +42,8 @@ def _seg_checkpoint(tiny, path, *, method="vitsplit", train_steps=0):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    ref = TrunkRef(str(tiny.dinov2), fingerprint(model.trunk_module()), "dinov2", 8, 192)
+    recorded = str(recorded_trunk or tiny.dinov2)
+    ref = TrunkRef(recorded, fingerprint(model.trunk_module()), "dinov2", 8, 192)
     return save_checkpoint(path, model.eval(), trunk=ref, mean=MEAN, std=STD)
 
 
@@ -123,3 +124,18 @@ def test_cli_frozen_only_and_errors(tiny, tmp_path):
             main(["analyze", "feature-maps", *map(str, args), "--out", str(out), "--no-progress"])
         text = str(exit_info.value.code)
         assert text.startswith("vitsplit-vlm analyze feature-maps: error: ") and message in text
+
+
+def test_cli_moved_trunk_is_named_and_found_with_backbone(tiny, tmp_path):
+    moved = _seg_checkpoint(tiny, tmp_path / "seg.pt", recorded_trunk=tmp_path / "gone")
+    images = _images(tmp_path / "im", 1)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", "feature-maps", "--checkpoint", str(moved), "--images", str(images),
+              "--out", str(tmp_path / "o"), "--no-progress"])  # fmt: skip
+    assert f"trained on the trunk {tmp_path / 'gone'}, which is not there; pass --backbone" in str(
+        exit_info.value.code
+    )
+    _run(["--checkpoint", moved, "--backbone", tiny.dinov2, "--images", images,
+          "--out", tmp_path / "o"])  # fmt: skip
+    record = json.loads((tmp_path / "o" / "feature_maps.json").read_text())
+    assert record["task_head_layers"] == [6, 7, 8]

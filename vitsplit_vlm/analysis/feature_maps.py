@@ -20,7 +20,7 @@ import torch
 from vitsplit_vlm.core.heads import ViTSplitHeads
 
 from .cka import linear_cka
-from .inputs import Backbone, ImageSource, all_hidden_states, wrap_backbone
+from .inputs import Backbone, ImageSource, all_hidden_states, resize_normalize, wrap_backbone
 
 
 def first_component(tokens: torch.Tensor) -> torch.Tensor:
@@ -63,16 +63,21 @@ def load_dense_source(
     path: str | Path, *, trunk_path: str | Path | None, device: torch.device
 ) -> TaskHeadSource:
     """A dense checkpoint's task head, its trunk (fingerprint checked) and its normalisation."""
-    from vitsplit_vlm.dense.checkpoint import load_dense_model
+    from vitsplit_vlm.dense.checkpoint import load_dense_model, read_checkpoint
 
-    model, payload = load_dense_model(path, trunk_path=trunk_path)
+    source = Path(trunk_path or read_checkpoint(path)["trunk"]["path"])
+    if not (source / "config.json").is_file():
+        raise ValueError(
+            f"{path} was trained on the trunk {source}, which is not there; pass --backbone with "
+            "the trunk's folder"
+        )
+    model, payload = load_dense_model(path, trunk_path=source)
     heads = model.split.heads if model.split is not None else None
     _require_task_head(heads, f"{path} (method {model.spec.method})")
-    source = str(trunk_path or payload["trunk"]["path"])
-    backbone = wrap_backbone(model.trunk_module(), source, device)
-    backbone.mean = tuple(payload["normalization"]["mean"])  # what the heads were trained on
-    backbone.std = tuple(payload["normalization"]["std"])
-    backbone.resize_to(model.trunk_spec.image_size)
+    norm, size = payload["normalization"], model.trunk_spec.image_size
+    mean, std = tuple(norm["mean"]), tuple(norm["std"])  # what the heads were trained on
+    preprocess = (lambda images: resize_normalize(images, size, mean, std), mean, std)
+    backbone = wrap_backbone(model.trunk_module(), source, device, preprocessing=preprocess)
     return TaskHeadSource(f"dense {model.spec.task} {Path(path).name}", backbone, heads.to(device))
 
 
@@ -87,10 +92,15 @@ def load_vlm_source(path: str | Path, *, device: torch.device) -> TaskHeadSource
     connector = engine.model.model.multi_modal_projector
     heads = getattr(connector, "heads", None)
     _require_task_head(heads, f"{path} ({type(connector).__name__})")
-    backbone = wrap_backbone(engine.model.model.vision_tower, path, device)
-    backbone.preprocess = lambda images: torch.stack([engine.prepare_image(im) for im in images])
-    backbone.mean = tuple(engine.image_processor.image_mean)
-    backbone.std = tuple(engine.image_processor.image_std)
+    processor = engine.image_processor
+    preprocess = (
+        lambda images: torch.stack([engine.prepare_image(im) for im in images]),
+        tuple(processor.image_mean),
+        tuple(processor.image_std),
+    )
+    backbone = wrap_backbone(
+        engine.model.model.vision_tower, path, device, preprocessing=preprocess
+    )
     return TaskHeadSource(f"VLM {Path(path).name}", backbone, heads)
 
 

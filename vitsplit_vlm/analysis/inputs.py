@@ -130,8 +130,15 @@ def load_backbone(path: str | Path, device: torch.device | str = "cpu") -> Backb
     return wrap_backbone(model, path, device)
 
 
-def wrap_backbone(model: nn.Module, path: str | Path, device: torch.device | str) -> Backbone:
-    """`Backbone` around an already loaded model (the trunk of a checkpoint, for instance)."""
+def wrap_backbone(
+    model: nn.Module,
+    path: str | Path,
+    device: torch.device | str,
+    *,
+    preprocessing: tuple[Callable, tuple, tuple] | None = None,
+) -> Backbone:
+    """`Backbone` around an already loaded model (the trunk of a checkpoint, for instance);
+    `preprocessing` = (images -> pixels, mean, std), by default the folder's (`load_backbone`)."""
     from vitsplit_vlm.core.trunk import SUPPORTED_MODEL_TYPES, trunk_spec, unwrap_vision_model
 
     if getattr(model.config, "model_type", None) in SUPPORTED_MODEL_TYPES or hasattr(
@@ -146,7 +153,7 @@ def wrap_backbone(model: nn.Module, path: str | Path, device: torch.device | str
         patch = _as_int(getattr(cfg, "patch_size", None), f"{path}: config has no patch_size")
         prefix = 1 if hasattr(getattr(model, "embeddings", None), "cls_token") else 0
     model = model.to(device).eval().requires_grad_(False)
-    preprocess, mean, std = _preprocessor(Path(path), model.config)
+    preprocess, mean, std = preprocessing or _preprocessor(Path(path), model.config)
     return Backbone(model, str(path), blocks, prefix, patch, preprocess, mean, std)
 
 
