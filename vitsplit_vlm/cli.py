@@ -48,6 +48,9 @@ COMMANDS: dict[str, Command] = {
         "benchmarks: timings, medians and ratios to benchmarks/results (a source checkout)",
         "vitsplit_vlm.bench",
     ),
+    "analyze": module_command(
+        "layer CKA and per-layer feature maps (paper Figs. 3-4)", "vitsplit_vlm.analysis.cli"
+    ),
     # development: the embedded tiny default and its playground
     "quickstart": module_command(
         "run the embedded tiny default end to end", "vitsplit_vlm.playground.quickstart"

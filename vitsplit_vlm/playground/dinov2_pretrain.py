@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitsplit_vlm.analysis.cka import linear_cka
+
 MANIFEST = "pretrain.json"
 VERSION = 2
 MASK_RATIO = 0.3
@@ -195,14 +197,6 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
     }
     (dst / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return dst
-
-
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA between two (N, D) feature sets (Kornblith et al. 2019)."""
-    x = x - x.mean(0, keepdim=True)
-    y = y - y.mean(0, keepdim=True)
-    cross = (y.T @ x).norm() ** 2
-    return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
 @torch.no_grad()

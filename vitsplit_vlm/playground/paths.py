@@ -14,6 +14,7 @@ PLAYGROUND = Path("playground")
 # `vitsplit-vlm make-tiny`: tiny random Hugging Face models, one subfolder each
 TINY = PLAYGROUND / "tiny"
 TINY_DINOV2 = TINY / "dinov2"
+TINY_DINOV2_PRETRAINED = TINY / "dinov2-pretrained"  # `make-tiny --pretrain`
 
 DATA = PLAYGROUND / "data"
 SHAPES = DATA / "shapes"  # `make-data shapes`: the tiny VLM's training and held-out data
