@@ -59,3 +59,36 @@ def test_make_data_dense_command(tmp_path, capsys):
     assert (out / "ade" / "objectInfo.csv").is_file() and (out / "nyu" / "nyu_test.txt").is_file()
     assert (out / "coco" / "annotations" / "instances_val2017.json").is_file()
     assert "COCO" in capsys.readouterr().out
+
+
+def test_pair_targets_cover_each_object_and_sum_to_one():
+    """Per-patch soft labels: each object's pixels under its own pair, shares summing to 1."""
+    import random
+
+    from vitsplit_vlm.playground.dinov2_pretrain import _pair_index, _pair_map, patch_pair_targets
+    from vitsplit_vlm.playground.shapes import sample_scene
+
+    pairs = _pair_index()
+    scene = sample_scene(random.Random(3))
+    index = _pair_map(scene, pairs)
+    for obj in scene.objects:
+        x, y = obj.centre  # the centre of a box lies inside its shape
+        assert index[y, x] == pairs[(obj.shape, obj.colour)]
+    assert index[0, 0] == len(pairs)  # background
+    soft = patch_pair_targets(torch.from_numpy(index)[None], 14, len(pairs) + 1)
+    assert soft.shape == (1, 64, 25)
+    assert torch.allclose(soft.sum(-1), torch.ones(1, 64))
+    ids = {pairs[(o.shape, o.colour)] for o in scene.objects}
+    assert set(torch.nonzero(soft[0, :, :24].sum(0)).flatten().tolist()) == ids
+
+
+def test_pretrain_clip_without_mask_token(tiny, tmp_path):
+    """CLIP has no mask token (masked patches become mean-colour pixels); the pair head trains."""
+    from vitsplit_vlm.playground.dinov2_pretrain import pretrain_clip
+
+    out = pretrain_clip(tiny.clip, tmp_path / "clip", steps=2, batch_size=2, log=None)
+    info = json.loads((out / MANIFEST).read_text())
+    assert info["args"]["pair_weight"] == 1.0 and info["last"]["pair"] > 0
+    assert fingerprint(AutoModel.from_pretrained(out)) != fingerprint(
+        AutoModel.from_pretrained(tiny.clip)
+    )

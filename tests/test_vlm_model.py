@@ -35,6 +35,16 @@ def test_builder_prepares_tokenizer_and_config(built, tiny):
     assert built.model.get_input_embeddings().weight.shape[0] == len(tok) == 1001
 
 
+def test_fresh_connector_has_pytorch_default_init(built):
+    """As LLaVA's projector (nn.Linear / nn.Conv2d defaults: uniform weights of std
+    1/sqrt(3 fan_in), non-zero biases), not the N(0, 0.02) transformers 5 would leave."""
+    for conv in (built.model.connector.heads.fusion[0], built.model.connector.heads.fusion[2]):
+        fan_in = conv.weight[0].numel()
+        assert conv.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.05)
+        assert conv.weight.abs().max() <= fan_in**-0.5
+        assert conv.bias.abs().max() > 0
+
+
 def test_task_head_copied_from_loaded_tower(built):
     tower = built.model.model.vision_tower
     task = built.model.connector.heads.task_head.blocks[0]

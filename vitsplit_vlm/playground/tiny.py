@@ -384,6 +384,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "minutes into OUT/dinov2-pretrained (gives the layer hierarchy ViT-Split relies on)",
     )
     parser.add_argument(
+        "--pretrain-clip",
+        action="store_true",
+        help="also pretrain the tiny CLIP on generated scenes for about a CPU minute into "
+        "OUT/clip-vit-pretrained (the VLM default's tower: its patches tell shapes apart)",
+    )
+    parser.add_argument(
         "--pretrain-llm",
         action="store_true",
         help="also train the tiny Llama on playground text into OUT/llama-chat ('tiny Vicuna')",
@@ -405,6 +411,18 @@ def run(args: argparse.Namespace) -> int:
         info = json.loads((dst / PRETRAIN_MANIFEST).read_text())
         print(
             f"{dst}  Dinov2Model pretrained on generated scenes: losses {info['first']} -> "
+            f"{info['last']} in {info['args']['steps']} steps"
+        )
+    if args.pretrain_clip:
+        from .dinov2_pretrain import MANIFEST as PRETRAIN_MANIFEST
+        from .dinov2_pretrain import pretrain_clip
+
+        dst = pretrain_clip(
+            paths.clip, paths.root / "clip-vit-pretrained", seed=args.seed, force=args.force
+        )
+        info = json.loads((dst / PRETRAIN_MANIFEST).read_text())
+        print(
+            f"{dst}  CLIPVisionModel pretrained on generated scenes: losses {info['first']} -> "
             f"{info['last']} in {info['args']['steps']} steps"
         )
     if args.pretrain_llm:

@@ -35,7 +35,7 @@ from ..core import ViTSplitConfig
 from ..core.trunk import trunk_spec, unwrap_vision_model
 from .checkpoints import LLAVA_PROJECTOR, connector_keys, read_weight_file
 from .configuration import ViTSplitLlavaConfig, extra_image_tokens
-from .connector import _gathered
+from .connector import _gathered, reset_connector_parameters
 from .conversation import Template
 from .modeling import ViTSplitLlavaForConditionalGeneration
 from .processing import DEFAULT_IMAGE_TOKEN, build_processor
@@ -198,6 +198,9 @@ def assemble_vlm(
     model = ViTSplitLlavaForConditionalGeneration(
         config, vision_tower=tower, language_model=llm.model, lm_head=llm.lm_head
     )
+    # A fresh connector starts from PyTorch's default init, as LLaVA's projector: transformers 5
+    # skips the model's own `_init_weights` for it (it left every leaf at N(0, 0.02)).
+    reset_connector_parameters(model.connector)
     model.connector.copy_task_head_from(tower)
     if dtype is not None:
         model.connector.to(dtype)

@@ -36,7 +36,8 @@ class _ConnectorInitMixin:
 
     - `_init_weights` gives a connector PyTorch's default init (as LLaVA's projector) when it is
       called on the connector module; transformers 5 skips that call in this composite model
-      (the connector module owns no parameter itself), so connector leaves get N(0, 0.02).
+      (the connector module owns no parameter itself), so connector leaves get N(0, 0.02);
+      `builder.assemble_vlm`, where a trained connector starts, resets it explicitly.
     - The vision tower initialises its own missing weights first, with its own scheme: CLIP sets
       its attention / MLP weights on the parent modules, which transformers skips inside a
       composite model defined outside its package (such a module owns no parameter itself).
