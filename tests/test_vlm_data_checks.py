@@ -246,3 +246,15 @@ def test_check_data_jsonl_empty_and_bad_flags(data, tmp_path, capsys):
     assert code == 1 and "malformed JSON" in err
     code, _, err = check_data(capsys, "--data", jsonl, "--image-folder", tmp_path / "nope")
     assert code == 2 and "--image-folder" in err
+
+
+def test_check_data_binds_the_llms_own_chat_template(data, tiny, tiny_llm, tmp_path, capsys):
+    """``--version chat_template --model-path LLM``: check-data renders with the tokenizer's own
+    Jinja (Qwen3's real tokenizer) as training does, and measures lengths with it."""
+    llm = tiny_llm("qwen3")
+    args = ["--data", data.finetune, "--image-folder", data.image_folder, "--version", "chat_template",
+            "--model-path", llm, "--vision-tower", tiny.clip, "--jobs", "1"]  # fmt: skip
+    code, out, err = check_data(capsys, *args)
+    assert code == 0, out + err
+    code, out, _ = check_data(capsys, *args, "--model-max-length", "16")
+    assert code == 1 and "too_long" in out

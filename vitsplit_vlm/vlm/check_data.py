@@ -478,6 +478,7 @@ def build_reader(args: argparse.Namespace) -> SampleReader:
     ``--model-path``); bad flags raise ``ValueError`` naming them."""
     from .configuration import check_choice
     from .conversation import TEMPLATES, get_template
+    from .tokenizer_chat import bind_template
 
     if not args.image_folder.is_dir():
         raise ValueError(f"--image-folder {args.image_folder}: not a folder")
@@ -490,14 +491,12 @@ def build_reader(args: argparse.Namespace) -> SampleReader:
         version = version or saved_version
     version = version or "vicuna_v1"
     check_choice("--version", version, tuple(TEMPLATES))
-    template = get_template(version)
-    if not renders_alone(template):
-        if settings:
-            raise ValueError(
-                f"--version {version}: the LLM tokenizer's own chat template, which check-data "
-                "does not bind yet; leave out --model-path to run every other check"
-            )
-        template = None  # conversations are checked when tokenized, not here
+    if settings:  # bound to the tokenizer as training binds it (chat_template: its own Jinja)
+        template = bind_template(version, settings["tokenizer"])
+    else:
+        template = get_template(version)
+        if not renders_alone(template):
+            template = None  # conversations are checked when tokenized, not here
     return SampleReader(
         args.image_folder,
         template,
