@@ -162,16 +162,26 @@ def test_eval_answer_and_chat_answer_with_the_saved_template(trained, data, tmp_
     # batched (left-padded, pad = the tokenizer's) answers equal batch-1 answers
     engine = VLMEngine.from_pretrained(folder, device="cpu")
     settings = GenerationSettings(max_new_tokens=MAX_NEW, temperature=0.0)
-    one_by_one = []
+    requests = []
     for q, row in zip(questions, rows, strict=True):
         image = Image.open(data.image_folder / q["image"]).convert("RGB")
         prompt = VQAv2Task().build_prompt(row["prompt"])  # what eval answer asks
-        request = Request(image, [(engine.template.user, prompt)])
-        one_by_one.append(engine.generate([request], settings)[0])
+        requests.append(Request(image, [(engine.template.user, prompt)]))
+    one_by_one = [engine.generate([request], settings)[0] for request in requests]
     assert [r["text"] for r in rows] == one_by_one
-    assert any(one_by_one), f"{combo}: every answer empty, the comparison would be vacuous"
     for text in one_by_one:
         assert combo.end_of_turn not in text  # cut at the stop string
+    # A random tiny LLM may end every answer at once, which would make the comparison above
+    # vacuous: with the end of turn held off for MAX_NEW tokens, batch 4 still equals batch 1.
+    forced = GenerationSettings(
+        max_new_tokens=MAX_NEW, temperature=0.0, extra={"min_new_tokens": MAX_NEW}
+    )
+    singles = [engine.generate([request], forced)[0] for request in requests]
+    assert all(singles), f"{combo}: forced answers are empty"
+    batched = [
+        a for i in range(0, len(requests), 4) for a in engine.generate(requests[i : i + 4], forced)
+    ]
+    assert batched == singles
 
     lines = iter([questions[0]["text"], "How many shapes are there?"])
 

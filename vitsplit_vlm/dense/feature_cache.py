@@ -30,6 +30,7 @@ from ..core.feature_cache import (
 from ..core.trunk import frozen_hidden_states
 from . import transforms as T
 from .datasets import DenseDataset, Item
+from .tasks import TASKS
 
 DETERMINISTIC = (T.Resize, T.PadTo, T.CenterCrop)
 
@@ -61,8 +62,9 @@ def cache_refusal(method: str, dataset: DenseDataset) -> str | None:
     """Why ``--cache-features`` cannot serve this run (None when it can)."""
     if method == "full":
         return "--cache-features: method 'full' trains the trunk, so its features change every step"
-    if dataset.task == "det":
-        return "--cache-features: detection is not supported (Mask R-CNN batches images of varying size)"
+    refusal = TASKS[dataset.task].cache_refusal
+    if refusal:
+        return f"--cache-features: not supported for {dataset.task} ({refusal})"
     steps = random_steps(dataset.transforms)
     if steps:
         return (

@@ -32,7 +32,7 @@ from ..core.feature_cache import (
 )
 from ..core.trunk import frozen_hidden_states, trunk_spec
 from .connector import _gathered
-from .data import BadSample, DataCollator, LazySupervisedDataset
+from .data import BadSample, DataCollator, LazySupervisedDataset, SampleReader, image_path
 
 
 def preprocessing(image_processor: Any, image_aspect_ratio: str | None) -> str:
@@ -43,37 +43,50 @@ def preprocessing(image_processor: Any, image_aspect_ratio: str | None) -> str:
                       default=str)  # fmt: skip
 
 
-class CachedSupervisedDataset(LazySupervisedDataset):
-    """`LazySupervisedDataset` whose image items are the cached hidden states `{layer: (T, C)}`.
-
-    Text, labels and bad-sample handling are the parent's: a missing or unreadable image is
-    still skipped and counted with its reason.
-    """
+class CachedSampleReader(SampleReader):
+    """The dataset's `SampleReader` whose image items are the cached hidden states
+    ``{layer: (T, C)}``. Text, labels and bad-sample handling are the reader's: a missing or
+    unreadable image is still skipped and counted with its reason."""
 
     cache: FeatureCache
     preprocessing: str
 
     @classmethod
-    def from_dataset(cls, dataset: LazySupervisedDataset, cache: FeatureCache):
+    def from_reader(cls, reader: SampleReader, cache: FeatureCache) -> CachedSampleReader:
         out = cls.__new__(cls)
-        out.__dict__.update(dataset.__dict__)
+        out.__dict__.update(reader.__dict__)
         out.cache = cache
-        out.preprocessing = preprocessing(dataset.image_processor, dataset.image_aspect_ratio)
+        out.preprocessing = preprocessing(reader.image_processor, reader.image_aspect_ratio)
         return out
 
     def image_key(self, path: Path) -> str:
         return content_key(self.cache.file_digest(path), self.preprocessing)
 
-    def _pixels(self, path: Path, sample_id: str) -> dict[int, torch.Tensor]:
+    def pixels(self, path: Path, sample_id: str) -> dict[int, torch.Tensor]:
         key = self.image_key(path) if path.is_file() else None
         if key is None or key not in self.cache:
-            super()._pixels(path, sample_id)  # a missing or undecodable file: its BadSample
+            super().pixels(path, sample_id)  # a missing or undecodable file: its BadSample
             raise BadSample(
                 "missing_image", sample_id,
                 f"{path} is not in the feature cache {self.cache.folder} (changed since it was "
                 "built?); run again to add it",
             )  # fmt: skip
         return self.cache.get(key)
+
+
+class CachedSupervisedDataset(LazySupervisedDataset):
+    """`LazySupervisedDataset` reading its samples with a `CachedSampleReader`."""
+
+    @classmethod
+    def from_dataset(cls, dataset: LazySupervisedDataset, cache: FeatureCache):
+        out = cls.__new__(cls)
+        out.__dict__.update(dataset.__dict__)
+        out.reader = CachedSampleReader.from_reader(dataset.reader, cache)
+        return out
+
+    @property
+    def cache(self) -> FeatureCache:
+        return self.reader.cache
 
 
 class CachedCollator(DataCollator):
@@ -100,7 +113,7 @@ class _ImageSource(Dataset):
     def __getitem__(self, index: int) -> tuple[str, torch.Tensor | None]:
         key, path, sample_id = self.jobs[index]
         try:
-            return key, LazySupervisedDataset._pixels(self.dataset, path, sample_id)
+            return key, self.dataset.reader.pixels(path, sample_id)
         except BadSample:
             return key, None
 
@@ -111,9 +124,15 @@ def image_jobs(dataset: LazySupervisedDataset, cache: FeatureCache) -> list[tupl
     jobs: dict[str, tuple[str, Path, str]] = {}
     for index, record in enumerate(dataset.records):
         image = record.get("image") if isinstance(record, dict) else None
-        path = dataset.image_folder / image if isinstance(image, str) else None
-        if path is None or not path.is_file():
-            continue  # no image, or a missing one: the dataset skips that sample with its reason
+        if not isinstance(image, str):
+            continue  # no image, or a malformed record: the dataset skips it with its reason
+        try:
+            path = image_path(
+                dataset.image_folder, image, None,
+                allow_outside=dataset.reader.allow_images_outside_folder,
+            )  # fmt: skip
+        except BadSample:
+            continue  # missing or outside the folder: the dataset skips it with its reason
         key = content_key(cache.file_digest(path), prep)
         if key not in cache and key not in jobs:
             jobs[key] = (key, path, dataset.sample_id(index))

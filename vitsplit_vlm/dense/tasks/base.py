@@ -144,6 +144,8 @@ class DenseTask:
     data_sets: ClassVar[tuple[str, ...]] = ()
     # the metric `dense train --eval-every` keeps the best checkpoint by: (key, "max" | "min")
     best_metric: ClassVar[tuple[str, str] | None] = None
+    # why ``--cache-features`` cannot serve this task (None: it can)
+    cache_refusal: ClassVar[str | None] = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

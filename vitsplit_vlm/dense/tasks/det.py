@@ -94,6 +94,7 @@ class DetTask(DenseTask):
     )
     needs_classes = True
     best_metric = ("bbox_mAP", "max")
+    cache_refusal = "Mask R-CNN batches images of varying size"
 
     def check_extra(self, extra) -> None:
         unknown = sorted(set(extra) - set(SPEC_EXTRA_KEYS))
