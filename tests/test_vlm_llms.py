@@ -171,16 +171,21 @@ def test_eval_answer_and_chat_answer_with_the_saved_template(trained, data, tmp_
     assert [r["text"] for r in rows] == one_by_one
     for text in one_by_one:
         assert combo.end_of_turn not in text  # cut at the stop string
-    # A random tiny LLM may end every answer at once, which would make the comparison above
-    # vacuous: with the end of turn held off for MAX_NEW tokens, batch 4 still equals batch 1.
-    forced = GenerationSettings(
-        max_new_tokens=MAX_NEW, temperature=0.0, extra={"min_new_tokens": MAX_NEW}
-    )
-    singles = [engine.generate([request], forced)[0] for request in requests]
-    assert all(singles), f"{combo}: forced answers are empty"
-    batched = [
-        a for i in range(0, len(requests), 4) for a in engine.generate(requests[i : i + 4], forced)
-    ]
+
+    # A random tiny LLM may answer only end-of-turn tokens or whitespace (empty text), which
+    # would make the comparison above vacuous: the generated token ids, MAX_NEW of them with the
+    # stop tokens held off, are the same in batches of 4 (left-padded) as one by one.
+    def new_tokens(chunk):
+        batch = engine.collate(chunk)
+        out = engine.model.generate(
+            **batch, pad_token_id=engine.tokenizer.pad_token_id, do_sample=False,
+            max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW,
+        )  # fmt: skip
+        return out[:, batch["input_ids"].shape[1] :].tolist()
+
+    singles = [new_tokens([request])[0] for request in requests]
+    assert all(len(ids) == MAX_NEW for ids in singles)
+    batched = [ids for i in range(0, len(requests), 4) for ids in new_tokens(requests[i : i + 4])]
     assert batched == singles
 
     lines = iter([questions[0]["text"], "How many shapes are there?"])
