@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=int(stage_flags("finetune")["--max_steps"]))  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="first N held-out questions")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS per run")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (e.g. --jobs 2 --threads 1 on two cores)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/vlm_connectors.json")
     args = parser.parse_args(argv)
 
@@ -190,12 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)  # the recipe's paths are relative to the repository
     prepare(progress=False)
     runs, started = [], time.perf_counter()
-    for seed in args.seeds:
-        for name in args.connectors:  # alternate so drift hits every connector alike
-            runs.append(train_and_evaluate(args, name, seed))
-            acc = runs[-1]["accuracy"]
-            print(f"seed {seed} {name}: " + ", ".join(f"{t} {acc[t]:.3f}" for t in QTYPES),
-                  flush=True)  # fmt: skip
+    # Seed-major order, connectors alternating within a seed, so drift hits every connector alike.
+    jobs = [(name, seed) for seed in args.seeds for name in args.connectors]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
+        futures = [pool.submit(train_and_evaluate, args, name, seed) for name, seed in jobs]
+        for future in futures:
+            runs.append(future.result())
+            r, acc = runs[-1], runs[-1]["accuracy"]
+            print(f"seed {r['seed']} {r['connector']}: "
+                  + ", ".join(f"{t} {acc[t]:.3f}" for t in QTYPES), flush=True)  # fmt: skip
     flags = stage_flags("finetune")
     report = {
         "benchmark": "held-out accuracy after stage 1 + stage 2 (python -m vitsplit_vlm.vlm.train)",
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "threads": args.threads,
+            "jobs": args.jobs,
         },
         "wall_seconds": round(time.perf_counter() - started, 1),
         "chance": runs[0]["chance"],

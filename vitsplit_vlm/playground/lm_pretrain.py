@@ -2,9 +2,18 @@
 
 The real recipe starts from Vicuna, an LLM that already speaks. A random tiny Llama does not, so
 stage 1 (frozen LLM) has little to align to and stage 2 must learn language and vision at once.
-This step trains the tiny Llama as a plain causal LM, for a CPU minute, on the same kind of text
-Vicuna saw before LLaVA: captions and Vicuna-v1 conversations, *without images* (so it learns the
-format, the vocabulary and the answer priors, never what a particular image shows).
+This step trains the tiny Llama as a plain causal LM, for a CPU minute or two, on the same kind of
+text Vicuna saw before LLaVA, *without images*:
+
+- captions of random scenes (what stage 1 asks it to say about an image);
+- Vicuna-v1 conversations about a random scene (the format, vocabulary and answer priors);
+- *reading* conversations (version 2): the same questions asked after a written description of
+  the scene ("a red circle and a blue square.\nWhat colour is the circle?" -> "Red"), so the LM
+  has learnt to answer from its context, as a real LLM answers questions about a described scene.
+
+It never learns what a particular image shows. Version 1 had no reading conversations; with it the
+VLM answered colour at chance (held-out 0.16-0.19 over three recipes, single-object scenes
+included); with version 2, stage 1 + stage 2 unchanged reached colour 0.42 (blank image 0.20).
 
     vitsplit-vlm make-tiny --out playground/tiny --pretrain-llm     # writes playground/tiny/llama-chat
 """
@@ -18,29 +27,37 @@ import shutil
 import time
 from pathlib import Path
 
-VERSION = 1
+VERSION = 2
 MANIFEST = "lm_pretrain.json"
 DEFAULTS = dict(steps=400, batch_size=32, seq_len=128, lr=3e-3, warmup=20, scenes=6000)
 
 
 def chat_corpus(num_scenes: int, seed: int) -> list[str]:
-    """Captions and text-only Vicuna-v1 conversations about random scenes (no image tokens)."""
+    """Captions, conversations and reading conversations about random scenes (no image tokens)."""
     from ..vlm.conversation import get_template, render_conversation
-    from .shapes import TEXT_ONLY_QA, caption, sample_conversation, sample_scene
+    from .shapes import TEXT_ONLY_QA, all_questions, caption, sample_conversation, sample_scene
 
     template = get_template("vicuna_v1")
+
+    def rendered(turns: list[tuple[str, str]]) -> str:
+        messages = [m for q, a in turns for m in ((template.user, q), (template.assistant, a))]
+        return render_conversation(template, messages).text
+
     lines: list[str] = []
     for i in range(num_scenes):
         rng = random.Random(f"lm-pretrain-{seed}-{i}")
         scene = sample_scene(rng)
         lines.append(caption(scene, rng))
-        messages = []
-        for qa in sample_conversation(scene, rng):
-            messages += [(template.user, qa.prompt), (template.assistant, qa.answer)]
-        lines.append(render_conversation(template, messages).text)
-    for question, answer in TEXT_ONLY_QA:
-        messages = [(template.user, question), (template.assistant, answer)]
-        lines.append(render_conversation(template, messages).text)
+        lines.append(rendered([(qa.prompt, qa.answer) for qa in sample_conversation(scene, rng)]))
+    for i in range(num_scenes):
+        rng = random.Random(f"lm-reading-{seed}-{i}")
+        scene = sample_scene(rng)
+        questions = all_questions(scene, rng)
+        rng.shuffle(questions)
+        turns = [(qa.prompt, qa.answer) for qa in questions]
+        turns[0] = (f"{caption(scene, rng)}\n{turns[0][0]}", turns[0][1])
+        lines.append(rendered(turns))
+    lines += [rendered([qa]) for qa in TEXT_ONLY_QA]
     return lines
 
 
