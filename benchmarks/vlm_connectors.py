@@ -12,7 +12,8 @@ each seed, so machine drift hits all alike. Writes, per connector, every run's a
 question type and their mean and spread (sample standard deviation, min, max) to ``--out`` (JSON),
 a bar chart next to it (PNG) and the Markdown table the README shows.
 
-Adding a connector is one entry in `CONNECTORS` (its ``--mm_projector_type``).
+Adding a connector is one entry in `CONNECTORS` (its ``--mm_projector_type`` and any flags it
+needs on the tiny tower).
 """
 
 from __future__ import annotations
@@ -30,8 +31,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# --mm_projector_type values compared; one entry per connector.
-CONNECTORS = ["vitsplit", "mlp2x_gelu"]
+# --mm_projector_type -> extra trainer flags, one entry per connector. VipLlava's own layers
+# (-2, -5, -8, -11, 6 of CLIP-L's 24 blocks) do not exist in the 4-block tiny CLIP: it reads every
+# hidden state from block 1 to the penultimate one, as its default spans CLIP-L's upper blocks.
+CONNECTORS: dict[str, list[str]] = {
+    "vitsplit": [],
+    "mlp2x_gelu": [],
+    "dc_sti": [],
+    "dc_sci": [],
+    "dc_dci": [],
+    "vipllava": ["--mm_projector_layers", "-2", "-3", "-4"],
+}
 QTYPES = ("overall", "colour", "shape", "count", "position", "presence")
 
 
@@ -48,7 +58,8 @@ def stage_command(stage: str, connector: str, seed: int, steps: int, run_dir: Pa
     )
     if stage == "finetune":
         overrides["pretrain_mm_mlp_adapter"] = run_dir / "pretrain" / "mm_projector.safetensors"
-    return [sys.executable, "-m", "vitsplit_vlm.vlm.train", *stage_argv(stage, **overrides)]
+    extra = CONNECTORS.get(connector, [])
+    return [sys.executable, "-m", "vitsplit_vlm.vlm.train", *stage_argv(stage, **overrides), *extra]
 
 
 def _run(argv: list[str], log: Path, env: dict[str, str]) -> str:
@@ -175,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     from vitsplit_vlm.playground.recipes import stage_flags
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--connectors", nargs="+", default=CONNECTORS, help="--mm_projector_type")
+    parser.add_argument("--connectors", nargs="+", default=list(CONNECTORS),
+                        help="--mm_projector_type values (default: all of CONNECTORS)")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--stage1-steps", type=int,
                         default=int(stage_flags("pretrain")["--max_steps"]))  # fmt: skip
