@@ -15,9 +15,9 @@ It never learns what a particular image shows. Rows hold whole documents (versio
 cut one token stream into 128-token rows, so about half the reading questions lost their
 description.
 
-What it buys, measured on the playground (stage 1 and stage 2 unchanged): the stage-1 caption loss
-ended at 1.31 instead of 1.81 (version 2). What it does not buy yet: the held-out colour and shape answers stay
-near chance over most seeds (`benchmarks/results/vlm_connectors.json`), and the tiny LM itself
+What it buys, measured on the playground (stage 1 and stage 2 unchanged): the stage-1 caption
+loss ended at 1.31 instead of 1.81 (version 2). What it does not buy yet: the held-out colour and
+shape answers stay near chance over most seeds (`benchmarks/results/vlm_connectors.json`), and the tiny LM itself
 does not answer from a written description after 400-800 steps (it gives one colour for every
 question); in-context reading is the skill the tiny Vicuna still lacks.
 
@@ -75,7 +75,7 @@ def _packed_batches(
     Each row holds whole documents, each followed by EOS, and is padded after the last one that
     fits (padding: EOS as input, -100 as label); a document longer than a row is cut. Documents
     are never split across rows, so a question always sits in the same row as the description it
-    asks about (version 1 cut one token stream into rows: about half the reading questions lost
+    asks about (versions 1-2 cut one token stream into rows: about half the reading questions lost
     their description).
     """
     import torch
