@@ -10,7 +10,10 @@ Every run is the shipped training itself: stage 1 then stage 2 through
 ``vitsplit-vlm heldout`` on the real image and on a blank one. Connectors run in alternation within
 each seed, so machine drift hits all alike. Writes, per connector, every run's accuracy per
 question type and their mean and spread (sample standard deviation, min, max) to ``--out`` (JSON),
-a bar chart next to it (PNG) and the Markdown table the README shows.
+a bar chart next to it (PNG) and the Markdown table the README shows. Each finished run is also
+appended to ``<out stem>-runs.jsonl`` at once, so a stopped benchmark loses at most the runs in
+flight: run the same command again and the runs logged there with the same connector, seed and
+budget are read back instead of trained again (``--fresh`` ignores the log).
 
 Adding a connector is one entry in `CONNECTORS` (its ``--mm_projector_type`` and any flags it
 needs on the tiny tower).
@@ -71,6 +74,12 @@ def _run(argv: list[str], log: Path, env: dict[str, str]) -> str:
     return proc.stdout
 
 
+def budget(args: argparse.Namespace) -> dict:
+    """The part of the arguments a run's result depends on besides connector and seed."""
+    return {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
+            "limit": args.limit}  # fmt: skip
+
+
 def train_and_evaluate(args: argparse.Namespace, connector: str, seed: int) -> dict:
     """Stage 1, stage 2 and the held-out evaluation (real and blank image) of one run."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
@@ -97,6 +106,7 @@ def train_and_evaluate(args: argparse.Namespace, connector: str, seed: int) -> d
     return {
         "connector": connector,
         "seed": seed,
+        "budget": budget(args),
         "trainable": summary["trainable"]["connector"],
         "final_losses": summary["last_losses"],  # the trainer's last logged losses
         "train_seconds": round(trained, 1),
@@ -104,6 +114,25 @@ def train_and_evaluate(args: argparse.Namespace, connector: str, seed: int) -> d
         "blank": accuracy["blank"],
         "chance": chance,
     }
+
+
+def run_key(run: dict) -> tuple:
+    """What makes two runs the same: connector, seed and the budget (steps, questions)."""
+    return (run["connector"], run["seed"], json.dumps(run["budget"], sort_keys=True))
+
+
+def read_log(path: Path) -> dict[tuple, dict]:
+    """`{run_key: run}` of the runs an earlier invocation logged in `path` (none if absent)."""
+    if not path.exists():
+        return {}
+    runs = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            run = json.loads(line)
+            runs[run_key(run)] = run
+        except (json.JSONDecodeError, KeyError, TypeError):
+            print(f"{path}:{number}: not a run record, ignored", file=sys.stderr)
+    return runs
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -198,19 +227,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once (e.g. --jobs 2 --threads 1 on two cores)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/vlm_connectors.json")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every run again, ignoring <out stem>-runs.jsonl")  # fmt: skip
     args = parser.parse_args(argv)
 
     from vitsplit_vlm.playground.recipes import prepare
 
     os.chdir(REPO)  # the recipe's paths are relative to the repository
     prepare(progress=False)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    log = args.out.with_name(args.out.stem + "-runs.jsonl")
+    if args.fresh:
+        log.unlink(missing_ok=True)
+    done = read_log(log)
     runs, started = [], time.perf_counter()
     # Seed-major order, connectors alternating within a seed, so drift hits every connector alike.
     jobs = [(name, seed) for seed in args.seeds for name in args.connectors]
+    todo = [job for job in jobs if (*job, json.dumps(budget(args), sort_keys=True)) not in done]
+    if len(todo) < len(jobs):
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} runs read back from {log} "
+              "(--fresh trains them again)", flush=True)  # fmt: skip
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
-        futures = [pool.submit(train_and_evaluate, args, name, seed) for name, seed in jobs]
-        for future in futures:
-            runs.append(future.result())
+        futures = {job: pool.submit(train_and_evaluate, args, *job) for job in todo}
+        for name, seed in jobs:
+            key = (name, seed, json.dumps(budget(args), sort_keys=True))
+            if key in done:
+                runs.append(done[key])
+                continue
+            runs.append(futures[(name, seed)].result())
+            with open(log, "a") as f:
+                f.write(json.dumps(runs[-1]) + "\n")
             r, acc = runs[-1], runs[-1]["accuracy"]
             print(f"seed {r['seed']} {r['connector']}: "
                   + ", ".join(f"{t} {acc[t]:.3f}" for t in QTYPES), flush=True)  # fmt: skip
@@ -237,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         "connectors": aggregate(runs),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     plot(report, args.out.with_suffix(".png"))
     table = markdown_table(report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -58,3 +59,35 @@ def test_aggregate_and_table_report_mean_and_spread():
     assert len(table) == 2 + 1 + 2  # header, rule, chance, one row per connector
     assert table[3].startswith("| `vitsplit` | 10 | 0.700 ± 0.141 |")
     assert table[3].endswith("| 0.200 ± 0.000 |")
+
+
+def test_a_stopped_benchmark_resumes_from_its_run_log(tmp_path, monkeypatch):
+    """Finished runs are logged at once; the same command again trains only the missing ones,
+    and a different budget trains everything again."""
+    import vitsplit_vlm.playground.recipes as recipes
+
+    monkeypatch.setattr(recipes, "prepare", lambda **_: None)
+    trained = []
+
+    def fake_train(args, connector, seed):  # the bookkeeping under test, not the training
+        if (connector, seed) == ("mlp2x_gelu", 1) and not trained.count("again"):
+            raise SystemExit("killed")
+        trained.append((connector, seed))
+        run = _run(connector, seed, 0.5 + seed / 10)
+        return {**run, "budget": vlm_connectors.budget(args), "chance": run["blank"]}
+
+    monkeypatch.setattr(vlm_connectors, "train_and_evaluate", fake_train)
+    out = tmp_path / "res" / "c.json"
+    argv = ["--connectors", "vitsplit", "mlp2x_gelu", "--seeds", "0", "1", "--out", str(out)]
+    with pytest.raises(SystemExit, match="killed"):
+        vlm_connectors.main(argv)
+    log = out.with_name("c-runs.jsonl")
+    assert not out.exists() and len(log.read_text().splitlines()) == 3
+    trained.append("again")
+    assert vlm_connectors.main(argv) == 0
+    assert trained[-1] == ("mlp2x_gelu", 1) and trained.count(("vitsplit", 0)) == 1
+    report = json.loads(out.read_text())
+    assert [(r["connector"], r["seed"]) for r in report["runs"]] == [
+        ("vitsplit", 0), ("mlp2x_gelu", 0), ("vitsplit", 1), ("mlp2x_gelu", 1)]  # fmt: skip
+    vlm_connectors.main([*argv, "--stage2-steps", "5"])  # another budget: all four again
+    assert trained.count(("vitsplit", 0)) == 2 and len(log.read_text().splitlines()) == 8
