@@ -11,7 +11,9 @@ Two measurements, each alternating uncached / cached runs for ``--rounds`` round
 
 Both report every logged loss of both runs and their largest difference (fp32: the cache must
 not change training). ``--quick`` uses the tiny trunks (seconds); the default uses the tiny VLM
-(the playground default) and an architecture-sized DINOv2-S (random weights) at 224 px.
+(the playground default) and an architecture-sized DINOv2 (random weights, ``--dense-trunk``,
+default DINOv2-B) on ``--dense-side`` crops (default 512, the paper's ADE20K crop), where the
+frozen trunk is most of an uncached step as at real scale.
 
     python benchmarks/cached_epoch.py --out benchmarks/results/cached_epoch.json
 """
@@ -117,9 +119,9 @@ def dense_case(args, folder: Path) -> dict:
     else:
         torch.manual_seed(0)
         trunk, side, name = (
-            AutoModel.from_config(backbone_config("dinov2-s")),
-            224,
-            "DINOv2-S (random)",
+            AutoModel.from_config(backbone_config(args.dense_trunk)),
+            args.dense_side,
+            f"DINOv2-{args.dense_trunk.rsplit('-', 1)[-1].upper()} (random)",
         )
     steps = fixed_pipeline(T.seg_train_pipeline((side, side), (side, side)))
     data = ADE20K(sets.ade, "train", num_classes=150, transforms=steps)
@@ -186,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--vlm-images", type=int, default=128)
     parser.add_argument("--vlm-batch", type=int, default=32)
-    parser.add_argument("--dense-images", type=int, default=16)
-    parser.add_argument("--dense-batch", type=int, default=4)
+    parser.add_argument("--dense-images", type=int, default=8)
+    parser.add_argument("--dense-batch", type=int, default=2)
+    parser.add_argument("--dense-trunk", default="dinov2-b", help="dinov2-s, -b, -l or -g")
+    parser.add_argument("--dense-side", type=int, default=512, help="crop side in pixels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cached_epoch.json"))
     args = parser.parse_args(argv)
