@@ -46,6 +46,7 @@ def test_dense_defaults_resolve_like_the_paper():
         (dict(prior_layers=(1, 2)), "prior_layers"),  # n=4 but 2 layers
         (dict(feature_layer=0), "feature_layer"),
         (dict(deform_offset_init="xavier"), "deform_offset_init"),
+        (dict(conv_init="dirac"), "conv_init"),
     ],
 )
 def test_config_errors_name_the_field(kwargs, field):
@@ -86,3 +87,31 @@ def test_deform_block_zero_offsets_equal_plain_conv():
     torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
     assert block.deform.bias is None
     assert sum(p.numel() for p in block.deform.parameters()) == 6 * 8 * 9
+
+
+@pytest.mark.parametrize("deform", [False, True])
+def test_center_conv_init_starts_per_patch_and_default_mixes_neighbours(deform):
+    """conv_init="center": a change at one location reaches only that output location (the 3x3
+    kernel is a 1x1 conv at init, with a 1x1 conv's scale); the default 3x3 reaches neighbours."""
+    from vitsplit_vlm.core.layers import conv_block
+
+    x = torch.randn(1, 8, 6, 6)
+    bumped = x.clone()
+    bumped[0, :, 2, 3] += 1.0
+    for conv_init in ("center", "default"):
+        torch.manual_seed(0)
+        block = conv_block(8, 16, deform=deform, offset_init="zero", conv_init=conv_init)
+        changed = (block(bumped) - block(x)).abs().sum(1)[0] > 1e-6
+        if conv_init == "center":
+            assert changed.nonzero().tolist() == [[2, 3]]
+        else:
+            assert changed[1:4, 2:5].all() and changed.sum() == 9
+    second = block[2].deform if deform else block[2]
+    torch.manual_seed(0)
+    block = conv_block(8, 16, deform=deform, offset_init="zero", conv_init="center")
+    kernel = (block[2].deform if deform else block[2]).weight
+    off_centre = kernel.clone()
+    off_centre[:, :, 1, 1] = 0
+    assert kernel[:, :, 1, 1].count_nonzero() == 16 * 16 and off_centre.count_nonzero() == 0
+    # PyTorch's bound 1/sqrt(fan_in): 1/4 for a 16-channel 1x1 conv, 1/12 for the 3x3 default
+    assert 0.2 < kernel[:, :, 1, 1].abs().max() <= 0.25 and second.weight.abs().max() <= 1 / 12

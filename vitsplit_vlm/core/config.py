@@ -15,6 +15,7 @@ SELECTIONS = ("uniform", "sparse_gate")
 TASK_INPUTS = ("all", "patch")
 COMPONENTS = ("prior", "task", "fusion")
 OFFSET_INITS = ("zero", "default")
+CONV_INITS = ("default", "center")
 
 
 def _setting(help: str, *, choices: tuple | None = None, flag: bool = True) -> dict:
@@ -55,6 +56,12 @@ class ViTSplitConfig:
         gate_temperature: softmax temperature of the sparse gate (official 0.5).
         deform_offset_init: ``"zero"`` (standard DCN practice: starts as a plain 3x3 conv) or
             ``"default"`` (PyTorch's conv init, as the official code).
+        conv_init: the 3x3 convs of the prior head and the fusion net. ``"default"``: PyTorch's
+            conv init (the official code). ``"center"``: only the centre tap is non-zero,
+            initialised as PyTorch initialises a 1x1 conv, so at the start every output patch
+            reads its own patch alone (as LLaVA's MLP connector) and training learns how far to
+            mix; on small patch grids (the playground's 8x8) a random 3x3 kernel blurs
+            neighbouring objects together before the LLM sees them.
     """
 
     k: int = field(default=3, metadata=_setting("blocks copied into the trainable task head"))
@@ -107,6 +114,14 @@ class ViTSplitConfig:
         ),
     )
 
+    conv_init: str = field(
+        default="default",
+        metadata=_setting(
+            "3x3 convs: PyTorch's default init (official) or center (a 1x1 conv at start)",
+            choices=CONV_INITS,
+        ),
+    )
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "components", tuple(self.components))
         if self.prior_layers is not None:
@@ -156,6 +171,11 @@ class ViTSplitConfig:
             self.deform_offset_init in OFFSET_INITS,
             "deform_offset_init",
             f"must be one of {OFFSET_INITS}, got {self.deform_offset_init!r}",
+        )
+        _check(
+            self.conv_init in CONV_INITS,
+            "conv_init",
+            f"must be one of {CONV_INITS}, got {self.conv_init!r}",
         )
 
     # ---- presets -------------------------------------------------------------------------

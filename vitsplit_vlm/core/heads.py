@@ -84,7 +84,11 @@ class PriorHead(nn.Module):
         out = channels if cfg.variant == "dense" else n * channels
         self.out_channels = out
         self.convs = conv_block(
-            n * channels, out, deform=cfg.variant == "dense", offset_init=cfg.deform_offset_init
+            n * channels,
+            out,
+            deform=cfg.variant == "dense",
+            offset_init=cfg.deform_offset_init,
+            conv_init=cfg.conv_init,
         )
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
@@ -126,7 +130,11 @@ class ViTSplitHeads(nn.Module):
             prior_c = self.prior_head.out_channels
             out = cfg.out_channels or C
             self.fusion = conv_block(
-                prior_c + C, out, deform=cfg.variant == "dense", offset_init=cfg.deform_offset_init
+                prior_c + C,
+                out,
+                deform=cfg.variant == "dense",
+                offset_init=cfg.deform_offset_init,
+                conv_init=cfg.conv_init,
             )
         elif cfg.has_prior and cfg.has_task and self.prior_head.out_channels != C:
             raise ValueError(

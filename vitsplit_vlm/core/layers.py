@@ -105,15 +105,37 @@ class DeformBlock(nn.Module):
         return deform_conv2d(x, offsets, weight, padding=(1, 1))
 
 
+def center_init_(weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Initialise a (C_out, C_in, k, k) conv kernel as PyTorch initialises a 1x1 conv of the same
+    channels, placed in the centre tap; every other tap zero (`ViTSplitConfig.conv_init`)."""
+    c_out, c_in, kh, kw = weight.shape
+    one = nn.Conv2d(c_in, c_out, kernel_size=1, bias=bias is not None)
+    with torch.no_grad():
+        weight.zero_()
+        weight[:, :, kh // 2, kw // 2] = one.weight[:, :, 0, 0].to(weight)
+        if bias is not None:
+            bias.copy_(one.bias)
+
+
 def conv_block(
-    in_channels: int, out_channels: int, *, deform: bool, offset_init: str
+    in_channels: int,
+    out_channels: int,
+    *,
+    deform: bool,
+    offset_init: str,
+    conv_init: str = "default",
 ) -> nn.Sequential:
-    """`Conv1x1(in -> out) -> GELU -> {DeformBlock | Conv3x3}(out -> out) -> GELU`."""
+    """`Conv1x1(in -> out) -> GELU -> {DeformBlock | Conv3x3}(out -> out) -> GELU`; with
+    ``conv_init="center"`` the 3x3 (deformable) conv starts as a 1x1 conv (`center_init_`)."""
     second: nn.Module
     if deform:
         second = DeformBlock(out_channels, out_channels, offset_init=offset_init)
+        if conv_init == "center":
+            center_init_(second.deform.weight)
     else:
         second = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        if conv_init == "center":
+            center_init_(second.weight, second.bias)
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=1), nn.GELU(), second, nn.GELU()
     )
