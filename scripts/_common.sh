@@ -191,6 +191,12 @@ launch() {
 # The embedded default: tiny models and the shapes data set, built once (idempotent).
 PLAYGROUND_TRAIN=${PLAYGROUND_TRAIN:-6000}
 PLAYGROUND_HELDOUT=${PLAYGROUND_HELDOUT:-200}
+# The playground's ViT-Split connector starts its 3x3 convs as 1x1 convs on the tiny 8x8 patch
+# grid (why: vitsplit_vlm/playground/recipes.py); other connectors have no such setting.
+playground_connector_flags() {
+  if [ "${PROJECTOR:-vitsplit}" = vitsplit ]; then echo --vitsplit_conv_init center; fi
+}
+
 prepare_playground() {
   if dry_run; then return; fi
   vitsplit-vlm make-tiny --out playground/tiny --pretrain-llm

@@ -36,6 +36,7 @@ else
   HP=(--max_steps ${STEPS:-600} --learning_rate 1e-3 --model_max_length 512
       --group_by_modality_length True --dataloader_num_workers 0 --save_steps 200
       --save_total_limit 1 --gradient_checkpointing False)  # tiny: checkpointing only costs time
+  HP+=($(playground_connector_flags))
 fi
 
 launch \

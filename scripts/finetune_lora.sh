@@ -34,6 +34,7 @@ else
   HP=(--max_steps ${STEPS:-300} --learning_rate 2e-3
       --mm_projector_lr 1e-3 --model_max_length 512 --dataloader_num_workers 0
       --save_steps 200 --save_total_limit 1)
+  HP+=($(playground_connector_flags))
 fi
 
 launch \

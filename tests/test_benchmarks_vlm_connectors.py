@@ -27,6 +27,10 @@ def test_stage_commands_are_the_recipe_with_the_connector_and_seed(tmp_path):
     changed = {"--mm_projector_type", "--seed", "--max_steps", "--output_dir", "--save_strategy"}
     for stage, flags in (("pretrain", s1), ("finetune", s2)):
         recipe = stage_flags(stage)
+        # ViT-Split's own settings stay with ViT-Split: the trainer refuses them for an MLP
+        vitsplit = _flags(vlm_connectors.stage_command(stage, "vitsplit", 2, 7, tmp_path))
+        assert vitsplit["--vitsplit_conv_init"] == recipe.pop("--vitsplit_conv_init") == "center"
+        assert not [k for k in flags if k.startswith("--vitsplit_")]
         assert {
             k: v for k, v in flags.items() if k not in changed | {"--pretrain_mm_mlp_adapter"}
         } == {k: v for k, v in recipe.items() if k not in changed | {"--pretrain_mm_mlp_adapter"}}
