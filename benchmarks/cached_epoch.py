@@ -12,8 +12,9 @@ Two measurements, each alternating uncached / cached runs for ``--rounds`` round
 Both report every logged loss of both runs and their largest difference (fp32: the cache must
 not change training). ``--quick`` uses the tiny trunks (seconds); the default uses the tiny VLM
 (the playground default) and an architecture-sized DINOv2 (random weights, ``--dense-trunk``,
-default DINOv2-B) on ``--dense-side`` crops (default 512, the paper's ADE20K crop), where the
-frozen trunk is most of an uncached step as at real scale.
+default DINOv2-B) on ``--dense-side`` crops (default 518: the paper's 512 ADE20K crop padded to 37
+patches, as `dense_speed.py` pads it), where the frozen trunk is most of an uncached step as at
+real scale.
 
     python benchmarks/cached_epoch.py --out benchmarks/results/cached_epoch.json
 """
@@ -191,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-images", type=int, default=8)
     parser.add_argument("--dense-batch", type=int, default=2)
     parser.add_argument("--dense-trunk", default="dinov2-b", help="dinov2-s, -b, -l or -g")
-    parser.add_argument("--dense-side", type=int, default=512, help="crop side in pixels")
+    parser.add_argument(
+        "--dense-side",
+        type=int,
+        default=518,
+        help="crop side in pixels (a multiple of the patch size)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cached_epoch.json"))
     args = parser.parse_args(argv)
