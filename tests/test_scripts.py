@@ -273,3 +273,15 @@ def test_quickstart_recipe_is_the_scripts_playground_preset(script):
     launch = dry_run(script, NUM_GPUS="0", NPROC="1")
     assert launch.launcher == "python" and launch.world == 1
     assert launch.train_args == stage_flags(script)
+
+
+@pytest.mark.parametrize("projector", ["vitsplit_dense", "mlp2x_gelu"])
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_and_recipe_give_other_connectors_the_same_flags(script, projector):
+    """With PROJECTOR set, the scripts keep the ViT-Split settings exactly where
+    `recipes.stage_argv` does (ViT-Split connectors) and drop them for the others."""
+    from vitsplit_vlm.playground.recipes import stage_argv
+
+    launch = dry_run(script, NUM_GPUS="0", NPROC="1", PROJECTOR=projector)
+    argv = stage_argv(script, mm_projector_type=projector)
+    assert launch.train_args == dict(zip(argv[::2], argv[1::2], strict=True))
