@@ -243,18 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     runs, started = [], time.perf_counter()
     # Seed-major order, connectors alternating within a seed, so drift hits every connector alike.
     jobs = [(name, seed) for seed in args.seeds for name in args.connectors]
-    todo = [job for job in jobs if (*job, json.dumps(budget(args), sort_keys=True)) not in done]
+    keys = {job: run_key({"connector": job[0], "seed": job[1], "budget": budget(args)})
+            for job in jobs}  # fmt: skip
+    todo = [job for job in jobs if keys[job] not in done]
     if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs read back from {log} "
               "(--fresh trains them again)", flush=True)  # fmt: skip
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
         futures = {job: pool.submit(train_and_evaluate, args, *job) for job in todo}
-        for name, seed in jobs:
-            key = (name, seed, json.dumps(budget(args), sort_keys=True))
-            if key in done:
-                runs.append(done[key])
+        for job in jobs:
+            if keys[job] in done:
+                runs.append(done[keys[job]])
                 continue
-            runs.append(futures[(name, seed)].result())
+            runs.append(futures[job].result())
             with open(log, "a") as f:
                 f.write(json.dumps(runs[-1]) + "\n")
             r, acc = runs[-1], runs[-1]["accuracy"]

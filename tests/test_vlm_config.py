@@ -90,7 +90,8 @@ def test_every_core_setting_is_reachable_from_the_training_flags(tiny, tmp_path)
         "--data_path", "d.json", "--image_folder", "images", "--output_dir", str(tmp_path),
         "--vitsplit_selection", "sparse_gate", "--vitsplit_n", "2",
         "--vitsplit_gate_temperature", "0.3", "--vitsplit_deform_offset_init", "default",
-        "--vitsplit_conv_init", "center", "--vitsplit_components", "prior,task,fusion", "--vitsplit_final_norm", "false",
+        "--vitsplit_conv_init", "center", "--vitsplit_components", "prior,task,fusion",
+        "--vitsplit_final_norm", "false",
         "--vitsplit_task_input", "all", "--mm_vision_select_layer", "-1",
     ]  # fmt: skip
     connector = parse_args(argv)[3]

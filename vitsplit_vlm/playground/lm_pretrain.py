@@ -17,9 +17,9 @@ description.
 
 What it buys, measured on the playground (stage 1 and stage 2 unchanged): the stage-1 caption
 loss ended at 1.31 instead of 1.81 (version 2). What it does not buy yet: the held-out colour and
-shape answers stay near chance over most seeds (`benchmarks/results/vlm_connectors.json`), and the tiny LM itself
-does not answer from a written description after 400-800 steps (it gives one colour for every
-question); in-context reading is the skill the tiny Vicuna still lacks.
+shape answers stay near chance over most seeds (`benchmarks/results/vlm_connectors.json`), and
+the tiny LM itself does not answer from a written description after 400-800 steps (it gives one
+colour for every question); in-context reading is the skill the tiny Vicuna still lacks.
 
     vitsplit-vlm make-tiny --out playground/tiny --pretrain-llm     # writes playground/tiny/llama-chat
 """

@@ -39,8 +39,9 @@ _COMMON = {
     "--save_total_limit": "1",
     # The 8x8 patch grid is coarse next to the connector's 3x3 convs: with PyTorch's init they mix
     # neighbouring objects and the LLM never binds a colour to its shape; starting them as 1x1
-    # convs (centre tap) doubles held-out shape accuracy (README "It learns"). ViT-Split only:
-    # `stage_argv` drops it when --mm_projector_type is another connector.
+    # convs (centre tap), with stage 1 at 400 steps, raises held-out shape accuracy from 0.225 to
+    # 0.349 over 3 seeds (README "It learns"). ViT-Split only: `stage_argv` drops it when
+    # --mm_projector_type is another connector.
     "--vitsplit_conv_init": "center",
 }
 _STAGE2 = {
