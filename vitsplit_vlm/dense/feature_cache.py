@@ -32,7 +32,7 @@ from . import transforms as T
 from .datasets import DenseDataset, Item
 from .tasks import TASKS
 
-DETERMINISTIC = (T.Resize, T.PadTo, T.CenterCrop)
+DETERMINISTIC = (T.Resize, T.PadTo, T.PadToMultiple, T.CenterCrop)
 
 
 def _fixed(step):

@@ -16,6 +16,7 @@ from typing import Any
 
 from vitsplit_vlm.core.config import ViTSplitConfig
 
+from . import transforms as T
 from .datasets import DenseDataset
 from .engine import EvalConfig
 from .model import DenseSpec
@@ -52,6 +53,16 @@ def normalization(backbone: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
         return tuple(cfg["image_mean"]), tuple(cfg["image_std"])
     except (OSError, ValueError, KeyError):
         return IMAGENET_MEAN, IMAGENET_STD
+
+
+def trunk_patch_size(backbone: Path) -> int:
+    """The patch size in the backbone's config.json (a CLIP model's vision config's), read
+    without loading the weights."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(backbone))
+    cfg = getattr(cfg, "vision_config", cfg)
+    return int(cfg.patch_size)
 
 
 def split_config(
@@ -108,11 +119,21 @@ def build_dataset(
     *,
     train: bool,
     seed: int = 0,
+    patch_size: int = 1,
 ) -> DenseDataset:
-    """`split` ("train" / "val") of the data at `root`, with the task's train or eval transforms."""
+    """`split` ("train" / "val") of the data at `root`, with the task's train or eval transforms.
+
+    Training samples are then padded to multiples of `patch_size` (the trunk's,
+    `trunk_patch_size`), so any crop size reaches the trunk whole; evaluation pads each image
+    itself (`vitsplit_vlm.dense.inference`) and compares at the original size."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    transforms = task.train_transforms(preset) if train else task.eval_transforms(preset)
+    if train:
+        transforms = task.train_transforms(preset)
+        if patch_size > 1:
+            transforms = [*transforms, T.PadToMultiple(patch_size)]
+    else:
+        transforms = task.eval_transforms(preset)
     return task.dataset(
         root, split, preset, transforms=transforms, mean=mean, std=std, train=train, seed=seed
     )

@@ -36,7 +36,14 @@ from .longrun import (
     make_tracker,
 )
 from .model import DenseModel, count_parameters
-from .recipes import build_dataset, dense_spec, eval_config, first_size, normalization
+from .recipes import (
+    build_dataset,
+    dense_spec,
+    eval_config,
+    first_size,
+    normalization,
+    trunk_patch_size,
+)
 from .resume import check_identity, identity, pick, read_train_state, set_rng_states
 from .runtime import Runtime
 from .sampler import BatchPlan
@@ -99,7 +106,8 @@ class DenseTrainRun:
         self.mean, self.std = normalization(plan.backbone)
         try:  # a wrong layout or an unusable set is one line naming the cause
             self.train_set = build_dataset(plan.task, plan.data, "train", plan.preset, self.mean,
-                                           self.std, train=True, seed=args.seed)  # fmt: skip
+                                           self.std, train=True, seed=args.seed,
+                                           patch_size=trunk_patch_size(plan.backbone))  # fmt: skip
             if not args.augment:
                 self.train_set.transforms = fixed_pipeline(self.train_set.transforms)
             self.batch_plan.check_dataset(len(self.train_set))

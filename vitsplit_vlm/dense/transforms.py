@@ -256,25 +256,43 @@ class ColorAug:
         return replace(sample, image=(np.clip(img, 0, 1) * 255).round().astype(np.uint8))
 
 
+def pad(sample: Sample, ph: int, pw: int) -> Sample:
+    """Pad `ph` rows at the bottom and `pw` columns at the right: image 0, seg 255 (ignored by
+    the loss), depth 0 (= invalid), instance masks 0."""
+    if not ph and not pw:
+        return sample
+    out = replace(sample, image=np.pad(sample.image, ((0, ph), (0, pw), (0, 0))))
+    if sample.seg is not None:
+        out.seg = np.pad(sample.seg, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+    if sample.depth is not None:
+        out.depth = np.pad(sample.depth, ((0, ph), (0, pw)))
+    if sample.masks is not None:
+        out.masks = np.pad(sample.masks, ((0, 0), (0, ph), (0, pw)))
+    return out
+
+
 @dataclass
 class PadTo:
-    """Pad bottom/right to at least `size` (h, w): image 0, seg 255, depth 0 (= invalid)."""
+    """Pad bottom/right to at least `size` (h, w) (see `pad` for the fill values)."""
 
     size: tuple[int, int]
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         H, W = sample.size
-        ph, pw = max(0, self.size[0] - H), max(0, self.size[1] - W)
-        if not ph and not pw:
-            return sample
-        out = replace(sample, image=np.pad(sample.image, ((0, ph), (0, pw), (0, 0))))
-        if sample.seg is not None:
-            out.seg = np.pad(sample.seg, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
-        if sample.depth is not None:
-            out.depth = np.pad(sample.depth, ((0, ph), (0, pw)))
-        if sample.masks is not None:
-            out.masks = np.pad(sample.masks, ((0, 0), (0, ph), (0, pw)))
-        return out
+        return pad(sample, max(0, self.size[0] - H), max(0, self.size[1] - W))
+
+
+@dataclass
+class PadToMultiple:
+    """Pad bottom/right until both sides are multiples of `multiple` (the trunk's patch size),
+    so a crop such as ADE20K's 512 reaches DINOv2 (patch 14) as 518 with the extra rows and
+    columns ignored by the losses (MMSegmentation's ``size_divisor`` padding)."""
+
+    multiple: int
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        H, W = sample.size
+        return pad(sample, -H % self.multiple, -W % self.multiple)
 
 
 def apply(transforms: Sequence, sample: Sample, rng: np.random.Generator) -> Sample:
