@@ -12,9 +12,9 @@ Two measurements, each alternating uncached / cached runs for ``--rounds`` round
 Both report every logged loss of both runs and their largest difference (fp32: the cache must
 not change training). ``--quick`` uses the tiny trunks (seconds); the default uses the tiny VLM
 (the playground default) and an architecture-sized DINOv2 (random weights, ``--dense-trunk``,
-default DINOv2-B) on ``--dense-side`` crops (default 518: the paper's 512 ADE20K crop padded to 37
-patches, as `dense_speed.py` pads it), where the frozen trunk is most of an uncached step as at
-real scale.
+default DINOv2-B) on ``--dense-side`` crops (default 512, the paper's ADE20K crop, padded to 518 =
+37 patches as ``dense train`` pads it), where the frozen trunk is most of an uncached step as at
+real scale. ``--dense-methods`` picks the frozen-trunk methods timed (ViT-Split, linear probe).
 
     python benchmarks/cached_epoch.py --out benchmarks/results/cached_epoch.json
 """
@@ -124,12 +124,13 @@ def dense_case(args, folder: Path) -> dict:
             args.dense_side,
             f"DINOv2-{args.dense_trunk.rsplit('-', 1)[-1].upper()} (random)",
         )
-    steps = fixed_pipeline(T.seg_train_pipeline((side, side), (side, side)))
+    pad = T.PadToMultiple(trunk.config.patch_size)  # as `recipes.build_dataset` pads training
+    steps = [*fixed_pipeline(T.seg_train_pipeline((side, side), (side, side))), pad]
     data = ADE20K(sets.ade, "train", num_classes=150, transforms=steps)
     cfg = TrainConfig(iters=len(data) // args.dense_batch, batch_size=args.dense_batch, lr=1e-3,
                       schedule="constant", log_every=1)  # fmt: skip
     out = {}
-    for method in ("vitsplit", "linear"):
+    for method in args.dense_methods.split(","):
         spec = DenseSpec(task="seg", method=method, num_classes=150)
         layers = DenseModel(trunk, spec).required_layers
         started = time.perf_counter()
@@ -145,7 +146,8 @@ def dense_case(args, folder: Path) -> dict:
         print(f" {method}:", flush=True)
         out[method] = _alternate(
             lambda: run(data), lambda cached=cached: run(cached), args.rounds,
-            {"images": len(data), "batch": args.dense_batch, "input": side, "trunk": name,
+            {"images": len(data), "batch": args.dense_batch, "crop": side,
+             "input": side + -side % pad.multiple, "trunk": name,
              "method": method, "layers": list(layers), "cache_build_s": round(build_s, 2),
              "pipeline": [type(t).__name__ for t in steps]},
         )  # fmt: skip
@@ -195,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dense-side",
         type=int,
-        default=518,
-        help="crop side in pixels (a multiple of the patch size)",
+        default=512,
+        help="crop side in pixels (padded to a multiple of the patch size, as dense train does)",
     )
+    parser.add_argument("--dense-methods", default="vitsplit,linear",
+                        help="frozen-trunk methods to time, of vitsplit,linear")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cached_epoch.json"))
     args = parser.parse_args(argv)

@@ -123,6 +123,14 @@ def _cached_argv(o: Options, out: Path) -> list[str]:
     )
 
 
+def _cached_large_argv(o: Options, out: Path) -> list[str]:
+    """The linear probe on DINOv2-L (the paper's largest dense trunk): the trunk, which the cache
+    removes, is most of its uncached step (the head at 4x the patch grid is what stays); --quick
+    runs the tiny DINOv2 instead, as for every case."""
+    return ["--cases", "dense", "--dense-trunk", "dinov2-l", "--dense-methods", "linear",
+            *_cached_argv(o, out)]  # fmt: skip
+
+
 def _cached_rows(report: dict) -> list[dict]:
     out = []
     for side in ("vlm", "dense"):
@@ -207,6 +215,8 @@ CASES: dict[str, Case] = {
                        "truncation", _truncation_argv, _truncation_rows),
     "cached_epoch": Case("a cached epoch vs an uncached one (same losses)", "cached_epoch",
                          _cached_argv, _cached_rows),
+    "cached_epoch_large": Case("a cached epoch vs an uncached one, DINOv2-L linear probe (same "
+                               "losses)", "cached_epoch", _cached_large_argv, _cached_rows),
     "vlm_connector": Case("VLM stage-1 step: the ViT-Split connector vs mlp2x_gelu",
                           "vlm_stage1", _connector_argv, _connector_rows),
     "generation": Case("generation: batch 8 vs batch 1", "eval_throughput", _generation_argv,
