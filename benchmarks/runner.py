@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -75,6 +75,16 @@ def _dense_argv(o: Options, out: Path) -> list[str]:
             "--methods", "vitsplit,full,linear,vitsplit-cached", "--steps", "2", "--rounds", "2",
             "--threads", str(o.threads), "--out", str(out.with_suffix(""))]  # fmt: skip
     return argv + (["--precisions", "bf16,fp32"] if o.cuda else [])
+
+
+def _dense_large_argv(o: Options, out: Path) -> list[str]:
+    """DINOv2-L (the paper's trunk for its dense tables, k=4 n=8): ViT-Split, cached and full
+    fine-tuning only (an L step is minutes on a CPU); --quick as `dense_methods`."""
+    if o.quick:
+        return _dense_argv(o, out)
+    argv = _dense_argv(replace(o, dense_sizes="dinov2-l"), out)
+    argv[argv.index("--methods") + 1] = "vitsplit,full,vitsplit-cached"
+    return argv
 
 
 def _dense_rows(report: dict) -> list[dict]:
@@ -210,6 +220,10 @@ CASES: dict[str, Case] = {
     "dense_methods": Case(
         "dense training step: ViT-Split, linear probe and cached ViT-Split vs full fine-tuning",
         "dense_speed", _dense_argv, _dense_rows, draws_png=True,
+    ),
+    "dense_methods_large": Case(
+        "dense training step on DINOv2-L: ViT-Split and cached ViT-Split vs full fine-tuning",
+        "dense_speed", _dense_large_argv, _dense_rows, draws_png=True,
     ),
     "truncation": Case("trunk truncation: stop at the deepest needed layer vs the full trunk",
                        "truncation", _truncation_argv, _truncation_rows),

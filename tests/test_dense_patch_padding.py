@@ -85,3 +85,14 @@ def test_dense_train_takes_a_crop_that_is_not_a_patch_multiple(tiny, sets, tmp_p
     assert metrics["steps"] == 2
     if cache:
         assert len(list((tmp_path / "cache").glob("shard-*.safetensors"))) == 1
+
+
+def test_detection_keeps_its_image_sizes(sets):
+    """Mask R-CNN pads each batch itself and clips RoIs to each image's true size, so its data
+    set pads nothing (the real preset rescales to sizes that are not multiples of 14)."""
+    task = get_task("det")
+    common = dict(mean=T.IMAGENET_MEAN, std=T.IMAGENET_STD, train=True)
+    data = build_dataset(task, sets.coco, "train", task.presets["real"], patch_size=14, **common)
+    sizes = [tuple(data[i].image.shape[-2:]) for i in range(len(data))]
+    assert not any(isinstance(step, T.PadToMultiple) for step in data.transforms)
+    assert any(h % 14 or w % 14 for h, w in sizes)

@@ -124,13 +124,14 @@ def build_dataset(
     """`split` ("train" / "val") of the data at `root`, with the task's train or eval transforms.
 
     Training samples are then padded to multiples of `patch_size` (the trunk's,
-    `trunk_patch_size`), so any crop size reaches the trunk whole; evaluation pads each image
-    itself (`vitsplit_vlm.dense.inference`) and compares at the original size."""
+    `trunk_patch_size`) where the task asks for it (`DenseTask.pad_to_patch`), so any crop size
+    reaches the trunk whole; evaluation pads each image itself (`vitsplit_vlm.dense.inference`)
+    and compares at the original size."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if train:
         transforms = task.train_transforms(preset)
-        if patch_size > 1:
+        if patch_size > 1 and task.pad_to_patch:
             transforms = [*transforms, T.PadToMultiple(patch_size)]
     else:
         transforms = task.eval_transforms(preset)

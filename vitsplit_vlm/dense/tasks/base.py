@@ -146,6 +146,9 @@ class DenseTask:
     best_metric: ClassVar[tuple[str, str] | None] = None
     # why ``--cache-features`` cannot serve this task (None: it can)
     cache_refusal: ClassVar[str | None] = None
+    # training samples padded to a multiple of the patch size (`T.PadToMultiple`) by the data
+    # set; False where the task's forward pads each batch itself and keeps the true sizes
+    pad_to_patch: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -95,6 +95,7 @@ class DetTask(DenseTask):
     needs_classes = True
     best_metric = ("bbox_mAP", "max")
     cache_refusal = "Mask R-CNN batches images of varying size"
+    pad_to_patch = False  # `batch_images` pads each batch and keeps each image's size for RoIs
 
     def check_extra(self, extra) -> None:
         unknown = sorted(set(extra) - set(SPEC_EXTRA_KEYS))
