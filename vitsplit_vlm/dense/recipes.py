@@ -57,12 +57,18 @@ def normalization(backbone: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 def trunk_patch_size(backbone: Path) -> int:
     """The patch size in the backbone's config.json (a CLIP model's vision config's), read
-    without loading the weights."""
+    without loading the weights; ValueError naming ``--backbone`` when there is none."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(str(backbone))
-    cfg = getattr(cfg, "vision_config", cfg)
-    return int(cfg.patch_size)
+    try:
+        cfg = AutoConfig.from_pretrained(str(backbone))
+        cfg = getattr(cfg, "vision_config", cfg)
+        return int(cfg.patch_size)
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(
+            f"--backbone {backbone}: not a Hugging Face vision model folder with a patch size in "
+            f"its config.json ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def split_config(
