@@ -60,6 +60,8 @@ def trunk_patch_size(backbone: Path) -> int:
     without loading the weights; ValueError naming ``--backbone`` when there is none."""
     from transformers import AutoConfig
 
+    if not Path(backbone).is_dir():
+        raise ValueError(f"--backbone {backbone}: no such folder")
     try:
         cfg = AutoConfig.from_pretrained(str(backbone))
         cfg = getattr(cfg, "vision_config", cfg)
