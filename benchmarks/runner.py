@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -68,11 +68,16 @@ def row(what: str, a: str, a_value: float, b: str, b_value: float, unit: str, ra
 # --------------------------------------------------------------------------- the cases
 
 
-def _dense_argv(o: Options, out: Path) -> list[str]:
-    sizes = o.dense_sizes or ("dinov2-s" if o.quick else "dinov2-s,dinov2-b")
+def _dense_argv(
+    o: Options,
+    out: Path,
+    sizes: str | None = None,
+    methods: str = "vitsplit,full,linear,vitsplit-cached",
+) -> list[str]:
+    sizes = sizes or o.dense_sizes or ("dinov2-s" if o.quick else "dinov2-s,dinov2-b")
     argv = ["--sizes", sizes,
             "--crop", "224" if o.quick else "512", "--batch", "2", "--modes", "default",
-            "--methods", "vitsplit,full,linear,vitsplit-cached", "--steps", "2", "--rounds", "2",
+            "--methods", methods, "--steps", "2", "--rounds", "2",
             "--threads", str(o.threads), "--out", str(out.with_suffix(""))]  # fmt: skip
     return argv + (["--precisions", "bf16,fp32"] if o.cuda else [])
 
@@ -82,9 +87,7 @@ def _dense_large_argv(o: Options, out: Path) -> list[str]:
     fine-tuning only (an L step is minutes on a CPU); --quick as `dense_methods`."""
     if o.quick:
         return _dense_argv(o, out)
-    argv = _dense_argv(replace(o, dense_sizes="dinov2-l"), out)
-    argv[argv.index("--methods") + 1] = "vitsplit,full,vitsplit-cached"
-    return argv
+    return _dense_argv(o, out, sizes="dinov2-l", methods="vitsplit,full,vitsplit-cached")
 
 
 def _dense_rows(report: dict) -> list[dict]:

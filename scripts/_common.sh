@@ -191,9 +191,9 @@ launch() {
 # The embedded default: tiny models and the shapes data set, built once (idempotent).
 PLAYGROUND_TRAIN=${PLAYGROUND_TRAIN:-6000}
 PLAYGROUND_HELDOUT=${PLAYGROUND_HELDOUT:-200}
-# The playground's ViT-Split connector starts its 3x3 convs as 1x1 convs on the tiny 8x8 patch
-# grid (why: vitsplit_vlm/playground/recipes.py); other connectors have no such setting (the
-# ViT-Split ones, vitsplit and vitsplit_dense, as `recipes.stage_argv` decides).
+# The playground's ViT-Split connectors (vitsplit, vitsplit_dense) start their 3x3 convs as 1x1
+# convs on the tiny 8x8 patch grid (why: vitsplit_vlm/playground/recipes.py); other connectors
+# have no such setting, and get no flag, as `recipes.stage_argv` decides.
 playground_connector_flags() {
   case "${PROJECTOR:-vitsplit}" in
     vitsplit | vitsplit_dense) echo --vitsplit_conv_init center ;;
