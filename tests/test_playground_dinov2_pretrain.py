@@ -61,34 +61,45 @@ def test_make_data_dense_command(tmp_path, capsys):
     assert "COCO" in capsys.readouterr().out
 
 
-def test_pair_targets_cover_each_object_and_sum_to_one():
-    """Per-patch soft labels: each object's pixels under its own pair, shares summing to 1."""
+def test_object_targets_label_every_patch_an_object_touches():
+    """Each patch an object touches gets that object's pair (the larger share if two touch it),
+    every other patch the background class; the centre of each object is under its own pair."""
     import random
 
-    from vitsplit_vlm.playground.dinov2_pretrain import _pair_index, _pair_map, patch_pair_targets
+    from vitsplit_vlm.playground.clip_pretrain import object_targets
+    from vitsplit_vlm.playground.dinov2_pretrain import _pair_index, _pair_map
     from vitsplit_vlm.playground.shapes import sample_scene
 
     pairs = _pair_index()
     scene = sample_scene(random.Random(3))
-    index = _pair_map(scene, pairs)
+    index = torch.from_numpy(_pair_map(scene, pairs))
+    target = object_targets(index[None], 14, len(pairs))[0]
+    assert target.shape == (64,)
     for obj in scene.objects:
         x, y = obj.centre  # the centre of a box lies inside its shape
-        assert index[y, x] == pairs[(obj.shape, obj.colour)]
-    assert index[0, 0] == len(pairs)  # background
-    soft = patch_pair_targets(torch.from_numpy(index)[None], 14, len(pairs) + 1)
-    assert soft.shape == (1, 64, 25)
-    assert torch.allclose(soft.sum(-1), torch.ones(1, 64))
-    ids = {pairs[(o.shape, o.colour)] for o in scene.objects}
-    assert set(torch.nonzero(soft[0, :, :24].sum(0)).flatten().tolist()) == ids
+        assert target[(y // 14) * 8 + x // 14] == pairs[(obj.shape, obj.colour)]
+    touched = index.view(8, 14, 8, 14).permute(0, 2, 1, 3).reshape(64, -1) < len(pairs)
+    assert torch.equal(target < len(pairs), touched.any(-1))  # background exactly where untouched
+    assert set(target[target < len(pairs)].tolist()) == {
+        pairs[(o.shape, o.colour)] for o in scene.objects
+    }
 
 
-def test_pretrain_clip_without_mask_token(tiny, tmp_path):
-    """CLIP has no mask token (masked patches become mean-colour pixels); the pair head trains."""
-    from vitsplit_vlm.playground.dinov2_pretrain import pretrain_clip
+def test_pretrain_clip_is_deterministic_and_skips_when_current(tiny, tmp_path):
+    """The VLM tower's pretraining: trains (weights change), records its settings and the
+    held-out object-patch accuracy, gives the same weights twice, and is a no-op when current."""
+    from vitsplit_vlm.playground.clip_pretrain import pretrain_clip
 
-    out = pretrain_clip(tiny.clip, tmp_path / "clip", steps=2, batch_size=2, log=None)
-    info = json.loads((out / MANIFEST).read_text())
-    assert info["args"]["pair_weight"] == 1.0 and info["last"]["pair"] > 0
-    assert fingerprint(AutoModel.from_pretrained(out)) != fingerprint(
+    a = pretrain_clip(tiny.clip, tmp_path / "a", steps=2, batch_size=2, log=None)
+    b = pretrain_clip(tiny.clip, tmp_path / "b", steps=2, batch_size=2, log=None)
+    assert fingerprint(AutoModel.from_pretrained(a)) == fingerprint(AutoModel.from_pretrained(b))
+    assert fingerprint(AutoModel.from_pretrained(a)) != fingerprint(
         AutoModel.from_pretrained(tiny.clip)
     )
+    info = json.loads((a / MANIFEST).read_text())
+    assert info["args"]["feature_layer"] == -2 and info["last"]["token"] > 0
+    assert 0.0 <= info["object_token_accuracy"] <= 1.0
+    assert (a / "preprocessor_config.json").is_file()
+    stamp = (a / MANIFEST).stat().st_mtime_ns
+    pretrain_clip(tiny.clip, tmp_path / "a", steps=2, batch_size=2, log=None)
+    assert (a / MANIFEST).stat().st_mtime_ns == stamp

@@ -1,5 +1,5 @@
-"""A briefly pretrained tiny DINOv2 and CLIP: a layer hierarchy (paper §3.1: early and late
-layers differ) for the dense playground, and a VLM tower whose patches tell shapes apart.
+"""A briefly pretrained tiny DINOv2: a layer hierarchy (paper §3.1: early and late layers
+differ) for the dense playground.
 
 A randomly initialised ViT has no early / late split: every layer's features are nearly the same
 (CKA 0.985-1.0 with the last layer), so ViT-Split's reasons to exist cannot show on it. This
@@ -18,12 +18,8 @@ of the image that on the playground segmentation set it scored below the random 
 visible_weight=1``) measured linear 53.6, prior+head 90.1, ViT-Split 92.7, with a clearer layer
 hierarchy (CKA with the last layer from 0.48 in the middle blocks, against 0.73-0.99 before).
 
-The tiny CLIP, the VLM default's tower, gets the same objectives plus a per-patch one
-(`pretrain_clip`): each patch token predicts the share of the patch every (shape, colour) object
-covers (25 classes with the background). Trunks without a mask token see masked patches as
-mean-colour pixels (`masked_forward`). A random CLIP's patch tokens already separate colours
-(a linear probe 0.996) but not shapes (0.35, chance 0.28), and the VLM then answered "What colour
-is the circle?" at chance (0.18): it could not find the circle.
+The VLM default's tower, the tiny CLIP, is pretrained by `clip_pretrain` instead (per-patch
+object labels at the layer LLaVA reads).
 
 The small heads are thrown away; the backbone is saved with ``save_pretrained`` next to the
 random one (``playground/tiny/dinov2-pretrained``), with the image processor and a
@@ -101,13 +97,6 @@ def _pair_map(scene, pairs: dict[tuple[str, str], int]) -> np.ndarray:
     return out
 
 
-def patch_pair_targets(pixel_pairs: torch.Tensor, patch: int, num_classes: int) -> torch.Tensor:
-    """(B, H, W) pair indices -> (B, h*w, num_classes): the share of each patch every class
-    covers (a soft label; the background is the last class)."""
-    onehot = F.one_hot(pixel_pairs, num_classes).permute(0, 3, 1, 2).float()
-    return F.avg_pool2d(onehot, patch).flatten(2).transpose(1, 2)
-
-
 def patch_targets(pixels: torch.Tensor, patch: int, grid: int = 2) -> torch.Tensor:
     """(B, 3, H, W) -> (B, h*w, 3*grid*grid): each patch's colours average-pooled to grid x grid."""
     g = grid
@@ -137,11 +126,10 @@ def pretrain_trunk(
     threads: int | None = None,
     target_grid: int = 4,
     visible_weight: float = 1.0,
-    pair_weight: float = 0.0,
     log=print,
 ) -> Path:
     """Pretrain the tiny trunk at `src` (DINOv2 or CLIP) and save it to `dst` (a no-op when
-    `dst`'s manifest matches). `pair_weight` adds the per-patch (shape, colour) objective.
+    `dst`'s manifest matches).
 
     `threads`: torch threads while training (default ``OMP_NUM_THREADS`` or 1); the result is
     bit-identical for the same seed and thread count.
@@ -149,8 +137,7 @@ def pretrain_trunk(
 
     src, dst = Path(src), Path(dst)
     args = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "version": VERSION,
-            "target_grid": target_grid, "visible_weight": visible_weight,
-            "pair_weight": pair_weight}  # fmt: skip
+            "target_grid": target_grid, "visible_weight": visible_weight}  # fmt: skip
     try:
         done = json.loads((dst / MANIFEST).read_text())
         if not force and done.get("args") == args and done.get("source") == str(src):
@@ -171,7 +158,6 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
 
     steps, batch_size, lr, seed = args["steps"], args["batch_size"], args["lr"], args["seed"]
     target_grid, visible_weight = args["target_grid"], args["visible_weight"]
-    pair_weight = args["pair_weight"]
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -179,10 +165,9 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
         cfg = model.config
         cls_head = nn.Linear(cfg.hidden_size, len(_pair_index()))
         pix_head = nn.Linear(cfg.hidden_size, 3 * target_grid**2)
-        pair_head = nn.Linear(cfg.hidden_size, len(_pair_index()) + 1)
         processor = json.loads((src / "preprocessor_config.json").read_text())
         mean, std = processor["image_mean"], processor["image_std"]
-        heads = [cls_head, pix_head] + ([pair_head] if pair_weight else [])
+        heads = [cls_head, pix_head]
         params = [*model.parameters(), *(p for h in heads for p in h.parameters())]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr(s, steps, 20))
@@ -190,7 +175,7 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
         model.train()
         history, start = [], time.perf_counter()
         for step in range(steps):
-            pixels, labels, pixel_pairs = make_batch(step, batch_size, seed, mean, std)
+            pixels, labels, _ = make_batch(step, batch_size, seed, mean, std)
             num_patches = (pixels.shape[-1] // cfg.patch_size) ** 2
             masked = torch.rand(batch_size, num_patches, generator=mask_gen) < MASK_RATIO
             tokens = masked_forward(model, pixels, masked)
@@ -201,12 +186,6 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
             if visible_weight:
                 pix_loss = pix_loss + visible_weight * F.mse_loss(pred[~masked], target[~masked])
             loss = cls_loss + pix_loss
-            pair_loss = torch.zeros(())
-            if pair_weight:
-                soft = patch_pair_targets(pixel_pairs, cfg.patch_size, pair_head.out_features)
-                logp = F.log_softmax(pair_head(tokens[:, 1:]), dim=-1)
-                pair_loss = -(soft * logp).sum(-1).mean()
-                loss = loss + pair_weight * pair_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
@@ -216,7 +195,6 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
                 "step": step + 1,
                 "cls": float(cls_loss.detach()),
                 "pix": float(pix_loss.detach()),
-                "pair": float(pair_loss.detach()),
             }
             history.append(entry)
             if log and (step == 0 or (step + 1) % 25 == 0 or step + 1 == steps):
@@ -234,10 +212,9 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
         "objective": (
             "multi-label (shape, colour) pairs from CLS + masked-context and visible "
             f"{target_grid}x{target_grid}-colour patch regression (visible weight {visible_weight})"
-            + (f" + per-patch (shape, colour) shares (weight {pair_weight})" if pair_weight else "")
         ),
         "first": history[0],
-        "last": {k: sum(h[k] for h in tail) / len(tail) for k in ("cls", "pix", "pair")},
+        "last": {k: sum(h[k] for h in tail) / len(tail) for k in ("cls", "pix")},
         "seconds": round(time.perf_counter() - start, 1),
         "cka_with_last": {
             "random": [round(v, 4) for v in layer_cka(AutoModel.from_pretrained(src), probe)],
@@ -250,16 +227,6 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
 
 # Existing callers name the trunk they pretrain.
 pretrain_dinov2 = pretrain_trunk
-
-# The tiny CLIP of the VLM default (`pretrain_clip`): the DINOv2 objectives plus, per patch, which
-# (shape, colour) object covers it. The image-level labels alone left per-patch shape at chance
-# for a linear probe (0.38 vs 0.35 random), so the connector had nothing to bind colour to.
-CLIP_SETTINGS = dict(pair_weight=1.0)
-
-
-def pretrain_clip(src: str | Path, dst: str | Path, **kwargs) -> Path:
-    """`pretrain_trunk` with `CLIP_SETTINGS`: the tiny CLIP the VLM default reads."""
-    return pretrain_trunk(src, dst, **{**CLIP_SETTINGS, **kwargs})
 
 
 def masked_forward(model: nn.Module, pixels: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
