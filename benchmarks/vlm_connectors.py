@@ -75,9 +75,14 @@ def _run(argv: list[str], log: Path, env: dict[str, str]) -> str:
 
 
 def budget(args: argparse.Namespace) -> dict:
-    """The part of the arguments a run's result depends on besides connector and seed."""
+    """What a run's result depends on besides connector and seed: the steps, the questions, and
+    the recipe's tower and data generator (a run logged under an older recipe is not reused)."""
+    from vitsplit_vlm.playground.recipes import stage_flags
+    from vitsplit_vlm.playground.shapes import GENERATOR_VERSION
+
     return {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
-            "limit": args.limit}  # fmt: skip
+            "limit": args.limit, "vision_tower": stage_flags("pretrain")["--vision_tower"],
+            "shapes_generator": GENERATOR_VERSION}  # fmt: skip
 
 
 def train_and_evaluate(args: argparse.Namespace, connector: str, seed: int) -> dict:
