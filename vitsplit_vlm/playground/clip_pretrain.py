@@ -27,8 +27,6 @@ no-op when the manifest matches.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dinov2_pretrain import MANIFEST, _lr, _pair_index, make_batch
+from .dinov2_pretrain import MANIFEST, _lr, _pair_index, make_batch, save_trunk, train_once
 
 VERSION = 3
 
@@ -68,18 +66,7 @@ def pretrain_clip(
     src, dst = Path(src), Path(dst)
     args = {"steps": steps, "batch_size": batch_size, "lr": lr, "feature_layer": feature_layer,
             "seed": seed, "version": VERSION}  # fmt: skip
-    try:
-        done = json.loads((dst / MANIFEST).read_text())
-        if not force and done.get("args") == args and done.get("source") == str(src):
-            return dst
-    except (OSError, ValueError):
-        pass
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
-    try:
-        return _pretrain(src, dst, args, log)
-    finally:
-        torch.set_num_threads(previous_threads)
+    return train_once(src, dst, args, lambda: _pretrain(src, dst, args, log), force, threads)
 
 
 def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
@@ -124,10 +111,7 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
         seconds = round(time.perf_counter() - start, 1)
         model.eval()
         accuracy = _object_token_accuracy(model, token_head, layer, args["seed"], mean, std)
-    if dst.exists():
-        shutil.rmtree(dst)
-    model.save_pretrained(dst)
-    shutil.copy(src / "preprocessor_config.json", dst / "preprocessor_config.json")
+    save_trunk(model, src, dst)
     tail = history[-25:]
     manifest = {
         "source": str(src),

@@ -138,6 +138,13 @@ def pretrain_trunk(
     src, dst = Path(src), Path(dst)
     args = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "version": VERSION,
             "target_grid": target_grid, "visible_weight": visible_weight}  # fmt: skip
+    return train_once(src, dst, args, lambda: _pretrain(src, dst, args, log), force, threads)
+
+
+def train_once(src: Path, dst: Path, args: dict, train, force: bool, threads: int | None) -> Path:
+    """`dst` as it is when its manifest records the same `args` and `src` (and not `force`);
+    else `train()` with `threads` torch threads (default ``OMP_NUM_THREADS`` or 1), restored after.
+    Shared by this module and `clip_pretrain`."""
     try:
         done = json.loads((dst / MANIFEST).read_text())
         if not force and done.get("args") == args and done.get("source") == str(src):
@@ -147,9 +154,17 @@ def pretrain_trunk(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
-        return _pretrain(src, dst, args, log)
+        return train()
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def save_trunk(model: nn.Module, src: Path, dst: Path) -> None:
+    """Replace `dst` with `model` (``save_pretrained``) and `src`'s image processor config."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    model.save_pretrained(dst)
+    shutil.copy(src / "preprocessor_config.json", dst / "preprocessor_config.json")
 
 
 def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
@@ -200,10 +215,7 @@ def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:
             if log and (step == 0 or (step + 1) % 25 == 0 or step + 1 == steps):
                 log(json.dumps({**entry, "s": round(time.perf_counter() - start, 1)}))
     model.eval()
-    if dst.exists():
-        shutil.rmtree(dst)
-    model.save_pretrained(dst)
-    shutil.copy(src / "preprocessor_config.json", dst / "preprocessor_config.json")
+    save_trunk(model, src, dst)
     tail = history[-25:]
     probe, _, _ = make_batch(10**6, 32, seed + 1, mean, std)  # scenes never trained on
     manifest = {
