@@ -191,6 +191,7 @@ launch() {
 # The embedded default: tiny models and the shapes data set, built once (idempotent).
 PLAYGROUND_TRAIN=${PLAYGROUND_TRAIN:-6000}
 PLAYGROUND_HELDOUT=${PLAYGROUND_HELDOUT:-200}
+PLAYGROUND_FINETUNE=${PLAYGROUND_FINETUNE:-19200}  # stage-2 samples: one pass of 600 steps x 32
 # The playground's ViT-Split connectors (vitsplit, vitsplit_dense) start their 3x3 convs as 1x1
 # convs on the tiny 8x8 patch grid (why: vitsplit_vlm/playground/recipes.py); other connectors
 # have no such setting, and get no flag, as `recipes.stage_argv` decides.
@@ -202,9 +203,10 @@ playground_connector_flags() {
 
 prepare_playground() {
   if dry_run; then return; fi
-  vitsplit-vlm make-tiny --out playground/tiny --pretrain-llm
-  vitsplit-vlm make-data shapes --out playground/data/shapes \
-    --num-train "$PLAYGROUND_TRAIN" --num-heldout "$PLAYGROUND_HELDOUT" --image-size 112 --seed 0
+  vitsplit-vlm make-tiny --out playground/tiny --pretrain-llm --pretrain-clip
+  vitsplit-vlm make-data shapes --out playground/data/shapes --num-train "$PLAYGROUND_TRAIN" \
+    --num-heldout "$PLAYGROUND_HELDOUT" --num-finetune "$PLAYGROUND_FINETUNE" --image-size 112 \
+    --seed 0
 }
 
 resolve_world

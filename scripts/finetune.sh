@@ -18,7 +18,7 @@ source scripts/_common.sh
 
 PRESET=${PRESET:-playground}
 MODEL=${MODEL:-playground/tiny/llama-chat}
-VISION=${VISION:-playground/tiny/clip-vit}
+VISION=${VISION:-playground/tiny/clip-vit-pretrained}
 DATA=${DATA:-playground/data/shapes/finetune.json}
 IMAGES=${IMAGES:-playground/data/shapes/images}
 PRETRAIN=${PRETRAIN:-checkpoints/vitsplit-tiny-pretrain}
@@ -33,8 +33,9 @@ if [ "$PRESET" = paper ]; then
 else
   batch_flags 32 32 "$@"  # before building the playground: fail fast
   prepare_playground
+  # finetune.json is written in training order (reading questions first): read it in order.
   HP=(--max_steps ${STEPS:-600} --learning_rate 1e-3 --model_max_length 512
-      --group_by_modality_length True --dataloader_num_workers 0 --save_steps 200
+      --train_sampling_strategy sequential --dataloader_num_workers 0 --save_steps 200
       --save_total_limit 1 --gradient_checkpointing False)  # tiny: checkpointing only costs time
   HP+=($(playground_connector_flags))
 fi

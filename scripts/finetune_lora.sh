@@ -16,7 +16,7 @@ source scripts/_common.sh
 
 PRESET=${PRESET:-playground}
 MODEL=${MODEL:-playground/tiny/llama-chat}
-VISION=${VISION:-playground/tiny/clip-vit}
+VISION=${VISION:-playground/tiny/clip-vit-pretrained}
 DATA=${DATA:-playground/data/shapes/finetune.json}
 IMAGES=${IMAGES:-playground/data/shapes/images}
 PRETRAIN=${PRETRAIN:-checkpoints/vitsplit-tiny-pretrain}

@@ -16,7 +16,7 @@ source scripts/_common.sh
 
 PRESET=${PRESET:-playground}
 MODEL=${MODEL:-playground/tiny/llama-chat}
-VISION=${VISION:-playground/tiny/clip-vit}
+VISION=${VISION:-playground/tiny/clip-vit-pretrained}
 DATA=${DATA:-playground/data/shapes/pretrain.json}
 IMAGES=${IMAGES:-playground/data/shapes/images}
 OUT=${OUT:-checkpoints/vitsplit-tiny-pretrain}

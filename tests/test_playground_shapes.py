@@ -135,15 +135,18 @@ def test_llava_formats(tmp_path):
     finetune = json.loads(paths.finetune.read_text())
     with_image = [s for s in finetune if "image" in s]
     text_only = [s for s in finetune if "image" not in s]
-    assert len(with_image) == 40 and len(text_only) == round(40 * 0.05 / 0.95)
+    assert len(finetune) == 4 * 40  # FINETUNE_PER_IMAGE samples per training image by default
+    assert 0 < len(text_only) < 0.15 * len(finetune)
+    assert len({s["id"] for s in finetune}) == len(finetune)
     for s in finetune:
         turns = s["conversations"]
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
         values = [t["value"] for t in turns]
         if "image" in s:
-            assert set(s) == {"id", "image", "conversations"} and 2 <= len(turns) // 2 <= 4
+            assert set(s) == {"id", "image", "conversations"} and len(turns) == 2
             assert values[0].startswith(f"{IMAGE_TOKEN}\n")
-            assert all(v.endswith(SHORT_ANSWER_PROMPT) for v in values[0::2])
+            assert values[0].endswith(SHORT_ANSWER_PROMPT)
+            assert s["id"].startswith(s["image"].removesuffix(".png"))
         else:
             assert set(s) == {"id", "conversations"} and 1 <= len(turns) // 2 <= 3
         assert sum(v.count(IMAGE_TOKEN) for v in values) == ("image" in s)
@@ -165,6 +168,44 @@ def test_llava_formats(tmp_path):
         for name in train_images | {h["image"] for h in heldout}
     }
     assert not {digest[n] for n in train_images} & {digest[h["image"]] for h in heldout}
+
+
+def _qtype(question: str) -> str:
+    for opening, qtype in [
+        ("What colour", "colour"),
+        ("What shape", "shape"),
+        ("How many", "count"),
+        ("Is there", "presence"),  # before "Is the"
+        ("Is the", "position"),
+    ]:
+        if question.startswith(opening):
+            return qtype
+    raise AssertionError(question)  # fmt: skip
+
+
+def test_stage2_reads_colour_and_shape_first(tmp_path):
+    """finetune.json is in training order: the first half asks colour or shape only, the second
+    every qtype; each answer is the ground truth of its image's scene."""
+    paths = _write(tmp_path, num_train=60, num_finetune=2000)
+    finetune = json.loads(paths.finetune.read_text())
+    assert len(finetune) == 2000
+    scenes = {
+        s: sample_scene(random.Random(f"shapes-train-0-{i}"), image_size=64)
+        for i, s in enumerate(f"train_{i:05d}.png" for i in range(60))
+    }
+    halves = [Counter(), Counter()]
+    for k, s in enumerate(finetune):
+        if "image" not in s:
+            continue
+        question = s["conversations"][0]["value"].removeprefix(f"{IMAGE_TOKEN}\n")
+        qtype = _qtype(question)
+        halves[k >= 1000][qtype] += 1
+        if qtype == "count":  # the answer agrees with the image's own scene
+            assert s["conversations"][1]["value"] == str(len(scenes[s["image"]].objects))
+    assert set(halves[0]) == {"colour", "shape"}
+    assert set(halves[1]) == set(QTYPES) and halves[1]["count"] > 0.1 * sum(halves[1].values())
+    manifest = json.loads(paths.manifest.read_text())
+    assert manifest["counts"]["finetune_by_qtype"] == dict(sorted((halves[0] + halves[1]).items()))
 
 
 def test_deterministic_by_seed(tmp_path):
@@ -222,11 +263,15 @@ def test_make_data_cli(tmp_path, capsys):
         "64",
         "--seed",
         "3",
+        "--num-finetune",
+        "50",
     ]
     assert main(argv) == 0
     assert str(out / "finetune.json") in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["args"] == {"num_train": 8, "num_heldout": 4, "image_size": 64, "seed": 3}
+    args = {"num_train": 8, "num_heldout": 4, "image_size": 64, "seed": 3, "num_finetune": 50}
+    assert manifest["args"] == args
+    assert len(json.loads((out / "finetune.json").read_text())) == 50
     assert len(list((out / "images").glob("*.png"))) == 12
     with pytest.raises(SystemExit):
         main(["make-data"])  # the dataset subcommand is required

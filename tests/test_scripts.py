@@ -285,3 +285,30 @@ def test_scripts_and_recipe_give_other_connectors_the_same_flags(script, project
     launch = dry_run(script, NUM_GPUS="0", NPROC="1", PROJECTOR=projector)
     argv = stage_argv(script, mm_projector_type=projector)
     assert launch.train_args == dict(zip(argv[::2], argv[1::2], strict=True))
+
+
+def test_scripts_build_the_playground_the_quickstart_builds():
+    """`prepare_playground` (scripts) and `recipes.prepare` (quickstart) must build the same
+    shapes set and towers, or running the scripts after the quickstart would rebuild the data
+    (the shapes manifest holds every argument). The CLI is replaced by `echo` to read the calls."""
+    from vitsplit_vlm.playground.recipes import FINETUNE_STEPS, SHAPES_ARGS, stage_flags
+
+    clean = {k: v for k, v in os.environ.items() if k not in OWN_VARS and not k.startswith("PLAY")}
+    proc = subprocess.run(
+        ["bash", "-c", 'source scripts/_common.sh; vitsplit-vlm() { echo "$*"; }; prepare_playground'],
+        cwd=REPO, env={**clean, "NUM_GPUS": "0"}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    make_tiny, make_data = proc.stdout.splitlines()
+    assert {"--pretrain-llm", "--pretrain-clip"} <= set(make_tiny.split())
+    args = make_data.split()
+    assert args[:2] == ["make-data", "shapes"]
+    flags = dict(zip(args[2::2], args[3::2], strict=True))
+    assert {
+        k.removeprefix("--").replace("-", "_"): int(v) for k, v in flags.items() if k != "--out"
+    } == SHAPES_ARGS
+    # stage 2 reads finetune.json once, in order
+    assert SHAPES_ARGS["num_finetune"] == FINETUNE_STEPS * int(
+        stage_flags("finetune")["--per_device_train_batch_size"]
+    )
+    assert stage_flags("finetune")["--train_sampling_strategy"] == "sequential"

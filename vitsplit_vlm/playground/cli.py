@@ -25,6 +25,12 @@ def _add_shapes(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-train", type=int, default=2000, help="training images")
     parser.add_argument("--num-heldout", type=int, default=200, help="held-out images")
+    parser.add_argument(
+        "--num-finetune",
+        type=int,
+        default=None,
+        help="stage-2 samples in finetune.json, in training order (default: 4 per training image)",
+    )
     parser.add_argument("--image-size", type=int, default=112, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -39,6 +45,7 @@ def _run_shapes(args: argparse.Namespace) -> int:
         num_heldout=args.num_heldout,
         image_size=args.image_size,
         seed=args.seed,
+        num_finetune=args.num_finetune,
         progress=not args.no_progress,
     )
     for label, path in [

@@ -14,10 +14,9 @@ which pairs the image holds (as the DINOv2 pretraining); the same probes then re
 The manifest's `object_token_accuracy` is the share of object patches whose pair the trained
 head names on unseen scenes.
 
-What it buys (README "It learns"): with it, one-object colour and shape questions are learned
-within a few hundred stage-2 steps when stage 2 asks mostly colour and shape; with the random
-tower shape never is. It is not the default tower yet: under the default stage-2 mix (2-4 rounds
-of every question type) the held-out colour and shape stay near chance with either tower.
+What it buys (README "It learns"): it is the embedded default's tower. With it, colour and shape
+questions are learned within a few hundred stage-2 steps when stage 2 asks them first; with the
+random tower shape never is.
 
 Deterministic for a given seed and thread count; saved with ``save_pretrained`` next to the
 random tower (``playground/tiny/clip-vit-pretrained``) with a ``pretrain.json`` manifest, and a
@@ -67,6 +66,16 @@ def pretrain_clip(
     args = {"steps": steps, "batch_size": batch_size, "lr": lr, "feature_layer": feature_layer,
             "seed": seed, "version": VERSION}  # fmt: skip
     return train_once(src, dst, args, lambda: _pretrain(src, dst, args, log), force, threads)
+
+
+def describe(dst: str | Path) -> str:
+    """One line on the pretrained tower at `dst`, from its manifest."""
+    info = json.loads((Path(dst) / MANIFEST).read_text())
+    return (
+        f"{dst}  CLIPVisionModel pretrained on generated scenes: losses {info['first']} -> "
+        f"{info['last']} in {info['args']['steps']} steps; object patches named right "
+        f"{info['object_token_accuracy']:.3f} (unseen scenes)"
+    )
 
 
 def _pretrain(src: Path, dst: Path, args: dict, log) -> Path:

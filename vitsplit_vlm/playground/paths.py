@@ -15,6 +15,7 @@ PLAYGROUND = Path("playground")
 TINY = PLAYGROUND / "tiny"
 TINY_DINOV2 = TINY / "dinov2"
 TINY_DINOV2_PRETRAINED = TINY / "dinov2-pretrained"  # `make-tiny --pretrain`
+TINY_CLIP_PRETRAINED = TINY / "clip-vit-pretrained"  # `make-tiny --pretrain-clip`: the VLM tower
 
 DATA = PLAYGROUND / "data"
 SHAPES = DATA / "shapes"  # `make-data shapes`: the tiny VLM's training and held-out data

@@ -2,7 +2,8 @@
 
 1. ViT-Split core on the tiny CLIP and DINOv2 (layers, exactness, trainable parts) and the
    paper's parameter table from the public architectures;
-2. the playground: tiny models (with a language-pretrained tiny Llama) and the shapes data;
+2. the playground: tiny models (with a language-pretrained tiny Llama and a scene-pretrained tiny
+   CLIP) and the shapes data;
 3. stage 1 (ZeRO-2, connector only) and stage 2 (ZeRO-3, connector + LLM) through the trainer's
    entry point, ``python -m vitsplit_vlm.vlm.train``, with the flags of `scripts/pretrain.sh` and
    `scripts/finetune.sh` (`recipes.stage_flags`), each skipped when already done;
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     _param_table(report)
     if not args.skip_training:
         _require_repository()
-        _step("3. playground: tiny models, a language-pretrained tiny Llama, the shapes data")
+        _step("3. playground: tiny models, pretrained tiny Llama and CLIP, the shapes data")
         prepare()
         _step("4. stage 1: connector only, plain template, ZeRO-2 (scripts/pretrain.sh)")
         _train_stage("pretrain", args.retrain, report)

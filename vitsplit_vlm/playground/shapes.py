@@ -11,6 +11,12 @@ derived from the `Scene`, never from pixels:
   in LLaVA-1.5's short-answer style (one capitalised word or a digit, no period) after the
   prompt suffix ``"Answer the question using a single word or phrase."``.
 
+Stage 2's questions come in training order (`stage2_samples`): a *reading* phase of colour and
+shape questions, then a *mix* of every question type. Measured on the tiny default (README "It
+learns"): counting, which a glance over the whole image answers, is learned first when it is in
+the mix from the start and crowds out the object-selective reading that colour and shape need;
+asked after the reading phase, it no longer does.
+
 Everything is deterministic: each sample draws from its own ``random.Random`` seeded by a string
 (``"shapes-train-{seed}-{i}"``), so results do not depend on ``PYTHONHASHSEED`` and the first
 ``m`` samples of a larger set equal a smaller set's.
@@ -45,8 +51,17 @@ QTYPES: tuple[str, ...] = ("colour", "shape", "count", "position", "presence")
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 IMAGE_TOKEN = "<image>"
 MAX_OBJECTS = 4
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 TEXT_ONLY_FRACTION = 0.05
+# Stage 2 (finetune.json), one short-answer question per sample, in training order: the first
+# READ_FRACTION of the samples ask colour or shape only, the rest draw every qtype by MIX_WEIGHTS
+# (among those that apply to the image).
+READ_FRACTION = 0.5
+READ_WEIGHTS: dict[str, float] = {"colour": 0.5, "shape": 0.5}
+MIX_WEIGHTS: dict[str, float] = {
+    "colour": 0.3, "shape": 0.3, "count": 0.15, "presence": 0.15, "position": 0.1,
+}  # fmt: skip
+FINETUNE_PER_IMAGE = 4  # default stage-2 samples per training image
 
 # Text-only instruct samples (like the ShareGPT part of LLaVA's 665K mix): free-form sentences,
 # no short-answer prompt.
@@ -313,6 +328,56 @@ def sample_conversation(scene: Scene, rng: random.Random) -> list[QA]:
     return qas[: rng.randint(2, 4)]
 
 
+def weighted_question(scene: Scene, rng: random.Random, weights: dict[str, float]) -> QA | None:
+    """One question about the scene, its qtype drawn by `weights` among the qtypes that apply
+    (a qtype missing from `weights` is never asked); None if none applies."""
+    qas = [qa for qa in all_questions(scene, rng) if weights.get(qa.qtype, 0) > 0]
+    if not qas:
+        return None
+    return rng.choices(qas, weights=[weights[qa.qtype] for qa in qas])[0]
+
+
+def stage2_samples(
+    scenes: list[Scene], num_samples: int, seed: int
+) -> tuple[list[dict], Counter[str]]:
+    """`num_samples` single-round LLaVA samples in training order (see the module docstring), and
+    how many of them ask each qtype.
+
+    Each phase walks the training images in a fresh random order, again and again, asking one
+    question of each (an image no phase question applies to is passed over); ~`TEXT_ONLY_FRACTION`
+    of the samples are text-only conversations. Ids: ``train_NNNNN_qK`` (K = position in the file)
+    and ``text_K``.
+    """
+    num_read = round(num_samples * READ_FRACTION)
+    out: list[dict] = []
+    asked: Counter[str] = Counter()
+    for phase, size, weights in [
+        ("read", num_read, READ_WEIGHTS),
+        ("mix", num_samples - num_read, MIX_WEIGHTS),
+    ]:
+        rng = random.Random(f"shapes-finetune-{seed}-{phase}")
+        end, order = len(out) + size, []
+        while len(out) < end:
+            if rng.random() < TEXT_ONLY_FRACTION:
+                turns = text_only_conversation(rng)
+                out.append({"id": f"text_{len(out)}", "conversations": _conversation(turns, False)})
+                continue
+            if not order:
+                order = rng.sample(range(len(scenes)), len(scenes))
+            i = order.pop()
+            qa = weighted_question(scenes[i], rng, weights)
+            if qa is not None:
+                asked[qa.qtype] += 1
+                out.append(
+                    {
+                        "id": f"train_{i:05d}_q{len(out)}",
+                        "image": f"train_{i:05d}.png",
+                        "conversations": _conversation([(qa.prompt, qa.answer)], True),
+                    }
+                )
+    return out, asked
+
+
 def text_only_conversation(rng: random.Random) -> list[tuple[str, str]]:
     """1-3 rounds of free-form text-only (question, answer) pairs."""
     return rng.sample(TEXT_ONLY_QA, rng.randint(1, 3))
@@ -344,10 +409,10 @@ def corpus(n: int, seed: int) -> list[str]:
 # --------------------------------------------------------------------------- LLaVA files
 
 
-def _train_sample(seed: int, i: int, image_size: int) -> tuple[Scene, str, list[QA]]:
+def _train_sample(seed: int, i: int, image_size: int) -> tuple[Scene, str]:
     rng = random.Random(f"shapes-train-{seed}-{i}")
     scene = sample_scene(rng, image_size=image_size)
-    return scene, caption(scene, rng), sample_conversation(scene, rng)
+    return scene, caption(scene, rng)
 
 
 def _heldout_scene(seed: int, i: int, image_size: int, taken: set[tuple]) -> Scene:
@@ -393,6 +458,7 @@ def write_llava_dataset(
     num_heldout: int,
     image_size: int = 112,
     seed: int = 0,
+    num_finetune: int | None = None,
     progress: bool = False,
 ) -> LlavaDatasetPaths:
     """Write the shapes set in LLaVA's formats; a no-op if `manifest.json` has the same args.
@@ -400,14 +466,19 @@ def write_llava_dataset(
     - ``images/train_NNNNN.png`` (num_train) and ``images/heldout_NNNNN.png`` (num_heldout, scenes
       disjoint from training);
     - ``pretrain.json``: one caption pair per training image (stage 1);
-    - ``finetune.json``: one 2-4 round short-answer conversation per training image, plus ~5%
-      text-only conversations without an ``"image"`` key, shuffled (stage 2);
+    - ``finetune.json``: `num_finetune` (default ``FINETUNE_PER_IMAGE * num_train``) single-round
+      short-answer samples about the training images, ~5% of them text-only conversations
+      without an ``"image"`` key, in training order (`stage2_samples`; stage 2 reads the file in
+      order: ``--train_sampling_strategy sequential``);
     - ``heldout.jsonl``: one line per question, one question of every applicable qtype per image,
       presence answers alternating Yes/No.
     """
-    if num_train < 1 or num_heldout < 0:
+    if num_finetune is None:
+        num_finetune = FINETUNE_PER_IMAGE * num_train
+    if num_train < 1 or num_heldout < 0 or num_finetune < 1:
         raise ValueError(
-            f"need num_train >= 1 and num_heldout >= 0, got {num_train}, {num_heldout}"
+            "need num_train >= 1, num_heldout >= 0 and num_finetune >= 1, got "
+            f"{num_train}, {num_heldout}, {num_finetune}"
         )
     paths = _paths(Path(out_dir))
     args = {
@@ -415,6 +486,7 @@ def write_llava_dataset(
         "num_heldout": num_heldout,
         "image_size": image_size,
         "seed": seed,
+        "num_finetune": num_finetune,
     }
     manifest = {"generator": "shapes", "version": GENERATOR_VERSION, "args": args}
     if _is_current(paths, manifest):
@@ -429,35 +501,22 @@ def write_llava_dataset(
     paths.manifest.unlink(missing_ok=True)
 
     train = [_train_sample(seed, i, image_size) for i in range(num_train)]
-    taken = {scene.key() for scene, _, _ in train}
+    taken = {scene.key() for scene, _ in train}
     heldout = [_heldout_scene(seed, i, image_size, taken) for i in range(num_heldout)]
-    jobs = [(f"train_{i:05d}.png", s) for i, (s, _, _) in enumerate(train)]
+    jobs = [(f"train_{i:05d}.png", s) for i, (s, _) in enumerate(train)]
     jobs += [(f"heldout_{i:05d}.png", s) for i, s in enumerate(heldout)]
     for name, scene in _iter_progress(jobs, "shapes images", progress):
         scene.render().save(paths.image_folder / name)
 
-    pretrain, finetune = [], []
-    for i, (_, cap, qas) in enumerate(train):
-        image = f"train_{i:05d}.png"
-        pretrain.append(
-            {
-                "id": f"train_{i:05d}",
-                "image": image,
-                "conversations": _conversation([("", cap)], with_image=True),
-            }
-        )
-        finetune.append(
-            {
-                "id": f"train_{i:05d}",
-                "image": image,
-                "conversations": _conversation([(q.prompt, q.answer) for q in qas], True),
-            }
-        )
-    num_text = round(num_train * TEXT_ONLY_FRACTION / (1 - TEXT_ONLY_FRACTION))
-    for j in range(num_text):
-        turns = text_only_conversation(random.Random(f"shapes-text-{seed}-{j}"))
-        finetune.append({"id": f"text_{j:05d}", "conversations": _conversation(turns, False)})
-    random.Random(f"shapes-mix-{seed}").shuffle(finetune)
+    pretrain = [
+        {
+            "id": f"train_{i:05d}",
+            "image": f"train_{i:05d}.png",
+            "conversations": _conversation([("", cap)], with_image=True),
+        }
+        for i, (_, cap) in enumerate(train)
+    ]
+    finetune, asked = stage2_samples([scene for scene, _ in train], num_finetune, seed)
 
     _write_json(paths.pretrain, pretrain)
     _write_json(paths.finetune, finetune)
@@ -467,7 +526,8 @@ def write_llava_dataset(
     manifest["counts"] = {
         "pretrain": len(pretrain),
         "finetune": len(finetune),
-        "finetune_text_only": num_text,
+        "finetune_text_only": sum("image" not in s for s in finetune),
+        "finetune_by_qtype": dict(sorted(asked.items())),
         "heldout_images": num_heldout,
     }
     _write_json(paths.manifest, manifest)  # last: its presence marks a complete set

@@ -414,18 +414,12 @@ def run(args: argparse.Namespace) -> int:
             f"{info['last']} in {info['args']['steps']} steps"
         )
     if args.pretrain_clip:
-        from .clip_pretrain import MANIFEST as CLIP_MANIFEST
-        from .clip_pretrain import pretrain_clip
+        from .clip_pretrain import describe, pretrain_clip
 
         dst = pretrain_clip(
             paths.clip, paths.root / "clip-vit-pretrained", seed=args.seed, force=args.force
         )
-        info = json.loads((dst / CLIP_MANIFEST).read_text())
-        print(
-            f"{dst}  CLIPVisionModel pretrained on generated scenes: losses {info['first']} -> "
-            f"{info['last']} in {info['args']['steps']} steps; object patches named right "
-            f"{info['object_token_accuracy']:.3f} (unseen scenes)"
-        )
+        print(describe(dst))
     if args.pretrain_llm:
         from .lm_pretrain import MANIFEST, pretrain_llm
 
