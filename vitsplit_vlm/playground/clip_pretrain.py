@@ -71,10 +71,12 @@ def pretrain_clip(
 def describe(dst: str | Path) -> str:
     """One line on the pretrained tower at `dst`, from its manifest."""
     info = json.loads((Path(dst) / MANIFEST).read_text())
+    first, last = info["first"], info["last"]
     return (
-        f"{dst}  CLIPVisionModel pretrained on generated scenes: losses {info['first']} -> "
-        f"{info['last']} in {info['args']['steps']} steps; object patches named right "
-        f"{info['object_token_accuracy']:.3f} (unseen scenes)"
+        f"{dst}  CLIPVisionModel pretrained on generated scenes in {info['args']['steps']} steps: "
+        f"patch loss {first['token']:.2f} -> {last['token']:.2f}, CLS loss {first['cls']:.2f} -> "
+        f"{last['cls']:.2f}; object patches named right {info['object_token_accuracy']:.3f} "
+        "(unseen scenes)"
     )
 
 
