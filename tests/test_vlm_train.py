@@ -695,6 +695,36 @@ def test_trainer_groups_by_modality_and_sets_connector_lr(fresh, data, tmp_path)
     assert grouped == sum(counts.values())
 
 
+def test_trainer_reads_the_file_in_order_when_asked(fresh, data, tmp_path):
+    """The playground's stage 2 relies on HF's ``--train_sampling_strategy sequential`` reaching
+    the sampler (its finetune.json is written in training order): without LLaVA's modality
+    grouping, `VLMTrainer` leaves the choice to HF."""
+    from vitsplit_vlm.vlm.arguments import TrainingArguments
+    from vitsplit_vlm.vlm.conversation import get_template
+    from vitsplit_vlm.vlm.data import LazySupervisedDataset
+    from vitsplit_vlm.vlm.trainer import VLMTrainer
+
+    dataset = LazySupervisedDataset(
+        data.finetune,
+        data.image_folder,
+        fresh.tokenizer,
+        fresh.image_processor,
+        get_template("vicuna_v1"),
+        model_max_length=256,
+        num_image_tokens=fresh.model.config.image_seq_length,
+        image_token_id=fresh.model.config.image_token_id,
+    )
+    orders = {}
+    for strategy in ("sequential", "random"):
+        args = TrainingArguments(
+            output_dir=str(tmp_path), train_sampling_strategy=strategy, report_to="none"
+        )
+        trainer = VLMTrainer(model=fresh.model, args=args, train_dataset=dataset)
+        orders[strategy] = list(trainer._get_train_sampler())
+    assert orders["sequential"] == list(range(len(dataset)))
+    assert sorted(orders["random"]) == orders["sequential"] != orders["random"]
+
+
 # Argument errors stop before any distributed setup or weight loading, so they run in process
 # through the `vitsplit-vlm` entry point itself.
 
