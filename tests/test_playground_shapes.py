@@ -275,3 +275,16 @@ def test_make_data_cli(tmp_path, capsys):
     assert len(list((out / "images").glob("*.png"))) == 12
     with pytest.raises(SystemExit):
         main(["make-data"])  # the dataset subcommand is required
+
+
+def test_stage2_samples_stop_when_no_question_applies():
+    """Two circles and two squares in red and blue: no shape and no colour is unique, so the
+    reading phase has nothing to ask; it says so instead of looping."""
+    from vitsplit_vlm.playground.shapes import SceneObject, stage2_samples
+
+    pairs = [("circle", "red"), ("circle", "blue"), ("square", "red"), ("square", "blue")]
+    objects = tuple(
+        SceneObject(s, c, (25 * i, 0, 25 * i + 20, 20)) for i, (s, c) in enumerate(pairs)
+    )
+    with pytest.raises(ValueError, match="applies to any training image"):
+        stage2_samples([Scene(112, objects)], 10, seed=0)

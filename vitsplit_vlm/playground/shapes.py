@@ -356,17 +356,20 @@ def stage2_samples(
         ("mix", num_samples - num_read, MIX_WEIGHTS),
     ]:
         rng = random.Random(f"shapes-finetune-{seed}-{phase}")
-        end, order = len(out) + size, []
+        end, order, asked_in_pass = len(out) + size, [], True
         while len(out) < end:
             if rng.random() < TEXT_ONLY_FRACTION:
                 turns = text_only_conversation(rng)
                 out.append({"id": f"text_{len(out)}", "conversations": _conversation(turns, False)})
                 continue
             if not order:
-                order = rng.sample(range(len(scenes)), len(scenes))
+                if not asked_in_pass:
+                    raise ValueError(f"no {sorted(weights)} question applies to any training image")
+                order, asked_in_pass = rng.sample(range(len(scenes)), len(scenes)), False
             i = order.pop()
             qa = weighted_question(scenes[i], rng, weights)
             if qa is not None:
+                asked_in_pass = True
                 asked[qa.qtype] += 1
                 out.append(
                     {
