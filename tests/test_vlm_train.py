@@ -643,10 +643,26 @@ def test_resume_flag_spellings(value, expected, tmp_path):
             _check_args(ModelArguments(model_name_or_path="llm", vision_tower="tower"), args)
 
 
+def _stage2_dataset(fresh, data):
+    """The stage-2 (vicuna_v1) dataset of the module's data for the `fresh` model."""
+    from vitsplit_vlm.vlm.conversation import get_template
+    from vitsplit_vlm.vlm.data import LazySupervisedDataset
+
+    return LazySupervisedDataset(
+        data.finetune,
+        data.image_folder,
+        fresh.tokenizer,
+        fresh.image_processor,
+        get_template("vicuna_v1"),
+        model_max_length=256,
+        num_image_tokens=fresh.model.config.image_seq_length,
+        image_token_id=fresh.model.config.image_token_id,
+    )
+
+
 def test_trainer_groups_by_modality_and_sets_connector_lr(fresh, data, tmp_path):
     from vitsplit_vlm.vlm.arguments import ModelArguments, TrainingArguments
-    from vitsplit_vlm.vlm.conversation import get_template
-    from vitsplit_vlm.vlm.data import DataCollator, LazySupervisedDataset
+    from vitsplit_vlm.vlm.data import DataCollator
     from vitsplit_vlm.vlm.sampler import LengthGroupedSampler
     from vitsplit_vlm.vlm.train import set_trainable
     from vitsplit_vlm.vlm.trainer import CONNECTOR_MARK, VLMTrainer
@@ -665,16 +681,7 @@ def test_trainer_groups_by_modality_and_sets_connector_lr(fresh, data, tmp_path)
         model, ModelArguments(model_name_or_path="llm", vision_tower="tower"), args
     )  # stage 2: connector + LLM
     assert counts["vision_tower"] == 0 and counts["connector"] > 0 and counts["llm"] > 0
-    dataset = LazySupervisedDataset(
-        data.finetune,
-        data.image_folder,
-        fresh.tokenizer,
-        fresh.image_processor,
-        get_template("vicuna_v1"),
-        model_max_length=256,
-        num_image_tokens=model.config.image_seq_length,
-        image_token_id=model.config.image_token_id,
-    )
+    dataset = _stage2_dataset(fresh, data)
     trainer = VLMTrainer(
         model=model,
         args=args,
@@ -700,20 +707,9 @@ def test_trainer_reads_the_file_in_order_when_asked(fresh, data, tmp_path):
     the sampler (its finetune.json is written in training order): without LLaVA's modality
     grouping, `VLMTrainer` leaves the choice to HF."""
     from vitsplit_vlm.vlm.arguments import TrainingArguments
-    from vitsplit_vlm.vlm.conversation import get_template
-    from vitsplit_vlm.vlm.data import LazySupervisedDataset
     from vitsplit_vlm.vlm.trainer import VLMTrainer
 
-    dataset = LazySupervisedDataset(
-        data.finetune,
-        data.image_folder,
-        fresh.tokenizer,
-        fresh.image_processor,
-        get_template("vicuna_v1"),
-        model_max_length=256,
-        num_image_tokens=fresh.model.config.image_seq_length,
-        image_token_id=fresh.model.config.image_token_id,
-    )
+    dataset = _stage2_dataset(fresh, data)
     orders = {}
     for strategy in ("sequential", "random"):
         args = TrainingArguments(
