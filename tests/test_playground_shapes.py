@@ -265,12 +265,20 @@ def test_make_data_cli(tmp_path, capsys):
         "3",
         "--num-finetune",
         "50",
+        "--max-objects",
+        "2",
     ]
     assert main(argv) == 0
     assert str(out / "finetune.json") in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
-    args = {"num_train": 8, "num_heldout": 4, "image_size": 64, "seed": 3, "num_finetune": 50}
+    args = {
+        "num_train": 8, "num_heldout": 4, "image_size": 64, "seed": 3, "num_finetune": 50,
+        "max_objects": 2,
+    }  # fmt: skip
     assert manifest["args"] == args
+    answers = {q["answer"] for q in map(json.loads, (out / "heldout.jsonl").read_text().splitlines())
+               if q["qtype"] == "count"}  # fmt: skip
+    assert answers <= {"1", "2"}
     assert len(json.loads((out / "finetune.json").read_text())) == 50
     assert len(list((out / "images").glob("*.png"))) == 12
     with pytest.raises(SystemExit):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..commands import Command, add_subcommands, run_subcommand
 from . import paths
+from .shapes import MAX_OBJECTS
 
 
 def _add_shapes(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,12 @@ def _add_shapes(parser: argparse.ArgumentParser) -> None:
         help="stage-2 samples in finetune.json, in training order (default: 4 per training image)",
     )
     parser.add_argument("--image-size", type=int, default=112, help="image side in pixels")
+    parser.add_argument(
+        "--max-objects",
+        type=int,
+        default=MAX_OBJECTS,
+        help="objects per scene: 1 to this, drawn uniformly (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -46,6 +53,7 @@ def _run_shapes(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         seed=args.seed,
         num_finetune=args.num_finetune,
+        max_objects=args.max_objects,
         progress=not args.no_progress,
     )
     for label, path in [

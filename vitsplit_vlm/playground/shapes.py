@@ -1,7 +1,8 @@
 """Synthetic scenes of coloured shapes, with captions and QA derived from ground truth.
 
-A `Scene` holds 1-4 non-overlapping objects (shape, colour, square bounding box) on a plain
-light background; `Scene.render()` draws it with PIL (no anti-aliasing, so every object pixel has
+A `Scene` holds 1 to `MAX_OBJECTS` (4) non-overlapping objects (shape, colour, square bounding
+box; ``max_objects`` lowers the cap: the tiny default's data set uses 3) on a plain light
+background; `Scene.render()` draws it with PIL (no anti-aliasing, so every object pixel has
 exactly its colour, and the centre of every bounding box lies inside its shape). All text is
 derived from the `Scene`, never from pixels:
 
@@ -412,16 +413,18 @@ def corpus(n: int, seed: int) -> list[str]:
 # --------------------------------------------------------------------------- LLaVA files
 
 
-def _train_sample(seed: int, i: int, image_size: int) -> tuple[Scene, str]:
+def _train_sample(seed: int, i: int, image_size: int, max_objects: int) -> tuple[Scene, str]:
     rng = random.Random(f"shapes-train-{seed}-{i}")
-    scene = sample_scene(rng, image_size=image_size)
+    scene = sample_scene(rng, image_size=image_size, max_objects=max_objects)
     return scene, caption(scene, rng)
 
 
-def _heldout_scene(seed: int, i: int, image_size: int, taken: set[tuple]) -> Scene:
+def _heldout_scene(
+    seed: int, i: int, image_size: int, max_objects: int, taken: set[tuple]
+) -> Scene:
     for retry in range(100):
         rng = random.Random(f"shapes-heldout-{seed}-{i}-{retry}")
-        scene = sample_scene(rng, image_size=image_size)
+        scene = sample_scene(rng, image_size=image_size, max_objects=max_objects)
         if scene.key() not in taken:
             return scene
     raise RuntimeError("could not draw a held-out scene distinct from the training scenes")
@@ -462,6 +465,7 @@ def write_llava_dataset(
     image_size: int = 112,
     seed: int = 0,
     num_finetune: int | None = None,
+    max_objects: int = MAX_OBJECTS,
     progress: bool = False,
 ) -> LlavaDatasetPaths:
     """Write the shapes set in LLaVA's formats; a no-op if `manifest.json` has the same args.
@@ -475,6 +479,8 @@ def write_llava_dataset(
       order: ``--train_sampling_strategy sequential``);
     - ``heldout.jsonl``: one line per question, one question of every applicable qtype per image,
       presence answers alternating Yes/No.
+
+    Every scene holds 1 to `max_objects` objects (`sample_scene`).
     """
     if num_finetune is None:
         num_finetune = FINETUNE_PER_IMAGE * num_train
@@ -490,6 +496,7 @@ def write_llava_dataset(
         "image_size": image_size,
         "seed": seed,
         "num_finetune": num_finetune,
+        "max_objects": max_objects,
     }
     manifest = {"generator": "shapes", "version": GENERATOR_VERSION, "args": args}
     if _is_current(paths, manifest):
@@ -503,9 +510,9 @@ def write_llava_dataset(
         stale.unlink()
     paths.manifest.unlink(missing_ok=True)
 
-    train = [_train_sample(seed, i, image_size) for i in range(num_train)]
+    train = [_train_sample(seed, i, image_size, max_objects) for i in range(num_train)]
     taken = {scene.key() for scene, _ in train}
-    heldout = [_heldout_scene(seed, i, image_size, taken) for i in range(num_heldout)]
+    heldout = [_heldout_scene(seed, i, image_size, max_objects, taken) for i in range(num_heldout)]
     jobs = [(f"train_{i:05d}.png", s) for i, (s, _) in enumerate(train)]
     jobs += [(f"heldout_{i:05d}.png", s) for i, s in enumerate(heldout)]
     for name, scene in _iter_progress(jobs, "shapes images", progress):
