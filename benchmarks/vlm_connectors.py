@@ -76,13 +76,18 @@ def _run(argv: list[str], log: Path, env: dict[str, str]) -> str:
 
 def budget(args: argparse.Namespace) -> dict:
     """What a run's result depends on besides connector and seed: the steps, the questions, and
-    the recipe's tower and data generator (a run logged under an older recipe is not reused)."""
-    from vitsplit_vlm.playground.recipes import stage_flags
+    the recipe (its flags, its tower, its data generator and data set arguments): a run logged
+    under an older recipe is not reused."""
+    import hashlib
+
+    from vitsplit_vlm.playground.recipes import SHAPES_ARGS, stage_flags
     from vitsplit_vlm.playground.shapes import GENERATOR_VERSION
 
+    flags = json.dumps([stage_flags(s) for s in ("pretrain", "finetune")], sort_keys=True)
     return {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
             "limit": args.limit, "vision_tower": stage_flags("pretrain")["--vision_tower"],
-            "shapes_generator": GENERATOR_VERSION}  # fmt: skip
+            "shapes_generator": GENERATOR_VERSION, "shapes_args": SHAPES_ARGS,
+            "recipe_flags": hashlib.sha256(flags.encode()).hexdigest()[:12]}  # fmt: skip
 
 
 def train_and_evaluate(args: argparse.Namespace, connector: str, seed: int) -> dict:
