@@ -192,6 +192,7 @@ launch() {
 PLAYGROUND_TRAIN=${PLAYGROUND_TRAIN:-6000}
 PLAYGROUND_HELDOUT=${PLAYGROUND_HELDOUT:-200}
 PLAYGROUND_FINETUNE=${PLAYGROUND_FINETUNE:-19200}  # stage-2 samples: one pass of 600 steps x 32
+PLAYGROUND_MAX_OBJECTS=${PLAYGROUND_MAX_OBJECTS:-3}  # objects per scene: 1 to this
 # The playground's ViT-Split connectors (vitsplit, vitsplit_dense) start their 3x3 convs as 1x1
 # convs on the tiny 8x8 patch grid (why: vitsplit_vlm/playground/recipes.py); other connectors
 # have no such setting, and get no flag, as `recipes.stage_argv` decides.
@@ -206,7 +207,7 @@ prepare_playground() {
   vitsplit-vlm make-tiny --out playground/tiny --pretrain-llm --pretrain-clip
   vitsplit-vlm make-data shapes --out playground/data/shapes --num-train "$PLAYGROUND_TRAIN" \
     --num-heldout "$PLAYGROUND_HELDOUT" --num-finetune "$PLAYGROUND_FINETUNE" --image-size 112 \
-    --seed 0
+    --max-objects "$PLAYGROUND_MAX_OBJECTS" --seed 0
 }
 
 resolve_world

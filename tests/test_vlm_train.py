@@ -208,26 +208,22 @@ def stage2(tiny, data, stage1, tmp_path_factory) -> Stage:
     Seed 1 (stage 1 used 0): a connector that silently failed to load would start far away.
     """
     out = tmp_path_factory.mktemp("stage2")
-    summary, output = train_logged(
-        *common(tiny, data, out, data.finetune, steps=STAGE2_STEPS),
-        "--deepspeed",
-        ZERO3,
-        "--version",
-        "vicuna_v1",
-        "--pretrain_mm_mlp_adapter",
-        stage1.out / "mm_projector.safetensors",
-        "--gradient_checkpointing",
-        "True",
-        "--group_by_modality_length",
-        "True",
-        "--warmup_ratio",
-        "0.03",
-        "--lr_scheduler_type",
-        "cosine",
-        "--seed",
-        "1",
-    )
+    summary, output = train_logged(*stage2_flags(tiny, data, stage1, out), "--deepspeed", ZERO3)
     return Stage(out, summary, output)
+
+
+def stage2_flags(tiny, data, stage1, out: Path) -> list:
+    """The `stage2` fixture's flags but DeepSpeed's."""
+    return [
+        *common(tiny, data, out, data.finetune, steps=STAGE2_STEPS),
+        "--version", "vicuna_v1",
+        "--pretrain_mm_mlp_adapter", stage1.out / "mm_projector.safetensors",
+        "--gradient_checkpointing", "True",
+        "--group_by_modality_length", "True",
+        "--warmup_ratio", "0.03",
+        "--lr_scheduler_type", "cosine",
+        "--seed", "1",
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -377,6 +373,19 @@ def test_stage2_zero3_trains_connector_and_llm(stage2, stage1, fresh, clip_weigh
         k: v.detach() for k, v in fresh_build(tiny, seed=1).model.connector.state_dict().items()
     }
     assert max_diff(seed1, start) > 0.1  # what stage 2 would have started from without it
+
+
+def test_stage2_under_zero2_trains_what_zero3_trains(stage2, stage1, tiny, data, tmp_path):
+    """The playground recipe runs stage 2 under ZeRO-2 (one process: ZeRO-3 only costs time);
+    the two must compute the same run: same losses, same weights at the end."""
+    out = tmp_path / "zero2"
+    summary = train_ok(*stage2_flags(tiny, data, stage1, out), "--deepspeed", ZERO2)
+    assert Path(summary["deepspeed"]).name == "zero2.json"
+    assert summary["first_losses"] == pytest.approx(stage2.summary["first_losses"], rel=1e-5)
+    zero2 = load_file(str(out / "model.safetensors"))
+    zero3 = load_file(str(stage2.out / "model.safetensors"))
+    assert zero2.keys() == zero3.keys()
+    assert max_diff(zero2, zero3) < 1e-5
 
 
 def test_stage2_folder_loads_and_answers(stage2, data):

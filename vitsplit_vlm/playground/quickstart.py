@@ -4,13 +4,13 @@
    paper's parameter table from the public architectures;
 2. the playground: tiny models (with a language-pretrained tiny Llama and a scene-pretrained tiny
    CLIP) and the shapes data;
-3. stage 1 (ZeRO-2, connector only) and stage 2 (ZeRO-3, connector + LLM) through the trainer's
+3. stage 1 (connector only) and stage 2 (connector + LLM), both under ZeRO-2, through the trainer's
    entry point, ``python -m vitsplit_vlm.vlm.train``, with the flags of `scripts/pretrain.sh` and
    `scripts/finetune.sh` (`recipes.stage_flags`), each skipped when already done;
 4. answers on held-out images, with accuracy against chance and blank/swapped-image controls;
    a summary that fits a screen.
 
-Run it from the repository root (the recipe reads `scripts/zero2.json` / `zero3.json`). Run it
+Run it from the repository root (the recipe reads `scripts/zero2.json`). Run it
 again and finished steps are skipped; `--retrain` trains again from scratch.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .recipes import prepare, stage_argv
+from .recipes import prepare, stage_argv, stage_flags
 
 SUMMARY = "train_summary.json"
 STAGE_OUTPUTS = {"pretrain": paths.TINY_PRETRAIN, "finetune": paths.TINY_FINETUNE}
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         prepare()
         _step("4. stage 1: connector only, plain template, ZeRO-2 (scripts/pretrain.sh)")
         _train_stage("pretrain", args.retrain, report)
-        _step("5. stage 2: connector + LLM, vicuna_v1, ZeRO-3 (scripts/finetune.sh)")
+        _step("5. stage 2: connector + LLM, vicuna_v1, ZeRO-2 (scripts/finetune.sh)")
         _train_stage("finetune", args.retrain, report)
         _step(f"6. answers on held-out images ({paths.TINY_FINETUNE})")
         _heldout(args.heldout_limit, report)
@@ -207,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _require_repository() -> None:
-    missing = [p for p in ("scripts/zero2.json", "scripts/zero3.json") if not Path(p).is_file()]
+    configs = sorted({stage_flags(stage)["--deepspeed"] for stage in STAGE_OUTPUTS})
+    missing = [p for p in configs if not Path(p).is_file()]
     if missing:
         raise SystemExit(
             f"quickstart: {', '.join(missing)} not found in {Path.cwd()}: run it from the "
