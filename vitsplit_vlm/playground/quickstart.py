@@ -6,7 +6,8 @@
    CLIP) and the shapes data;
 3. stage 1 (connector only) and stage 2 (connector + LLM), both under ZeRO-2, through the trainer's
    entry point, ``python -m vitsplit_vlm.vlm.train``, with the flags of `scripts/pretrain.sh` and
-   `scripts/finetune.sh` (`recipes.stage_flags`), each skipped when already done;
+   `scripts/finetune.sh` (`recipes.stage_flags`), each skipped when already done with the same
+   recipe (trained again, saying why, when the recipe or the data set changed since);
 4. answers on held-out images, with accuracy against chance and blank/swapped-image controls;
    a summary that fits a screen.
 
@@ -31,6 +32,7 @@ from . import paths
 from .recipes import prepare, stage_argv, stage_flags
 
 SUMMARY = "train_summary.json"
+RECIPE = "quickstart_recipe.json"  # what a stage's output was trained with (`recipe_record`)
 STAGE_OUTPUTS = {"pretrain": paths.TINY_PRETRAIN, "finetune": paths.TINY_FINETUNE}
 
 
@@ -116,8 +118,35 @@ def _param_table(report: Report) -> None:
     )
 
 
+def recipe_record(stage: str) -> dict:
+    """What a stage's run depends on: its flags, the shapes set's arguments and generator, and
+    for stage 2 stage 1's record (a stage-1 connector trained again makes stage 2 stale)."""
+    from .recipes import SHAPES_ARGS
+    from .shapes import GENERATOR_VERSION
+
+    record = {"argv": stage_argv(stage), "shapes": SHAPES_ARGS, "generator": GENERATOR_VERSION}
+    if stage == "finetune":
+        record["pretrain"] = recipe_record("pretrain")
+    return record
+
+
+def stale_reason(stage: str) -> str | None:
+    """Why the finished run in the stage's output folder does not match the current recipe (an
+    older quickstart's, or trained by other means), or None if it does."""
+    try:
+        done = json.loads((STAGE_OUTPUTS[stage] / RECIPE).read_text())
+    except (OSError, ValueError):
+        return f"no {RECIPE} says which recipe trained it"
+    if done != json.loads(json.dumps(recipe_record(stage))):
+        return "it was trained with another recipe"
+    return None
+
+
 def _train_stage(stage: str, retrain: bool, report: Report) -> None:
     out = STAGE_OUTPUTS[stage]
+    if not retrain and (out / SUMMARY).exists() and (why := stale_reason(stage)):
+        print(f"training {out} again: {why}")
+        retrain = True
     if retrain:
         shutil.rmtree(out, ignore_errors=True)
     if (out / SUMMARY).exists():
@@ -126,6 +155,7 @@ def _train_stage(stage: str, retrain: bool, report: Report) -> None:
         argv = [sys.executable, "-m", "vitsplit_vlm.vlm.train", *stage_argv(stage)]
         print(f"$ python -m vitsplit_vlm.vlm.train ...   (as bash scripts/{stage}.sh; -> {out})")
         subprocess.run(argv, check=True, env=_train_env())
+        (out / RECIPE).write_text(json.dumps(recipe_record(stage), indent=1) + "\n")
     s = json.loads((out / SUMMARY).read_text())
     report.add(
         f"stage {s['stage']}: {s['steps']} steps, {s['seconds_per_step']} s/step, loss "
