@@ -66,7 +66,6 @@ _STAGE2 = {
     "--version": "vicuna_v1",
     "--data_path": str(paths.SHAPES / "finetune.json"),
     "--pretrain_mm_mlp_adapter": str(paths.TINY_PRETRAIN / "mm_projector.safetensors"),
-    "--deepspeed": "scripts/zero3.json",
     "--save_steps": "200",
 }
 # Full stage 2 runs under ZeRO-2 here (LLaVA's and the paper preset's: ZeRO-3): on one CPU
@@ -98,6 +97,7 @@ _STAGES: dict[str, dict[str, str]] = {
     },
     "finetune_lora": {
         **_STAGE2,
+        "--deepspeed": "scripts/zero3.json",
         "--output_dir": str(paths.TINY_LORA),
         "--lora_enable": "True",
         "--lora_r": "128",
