@@ -61,6 +61,32 @@ def test_make_data_dense_command(tmp_path, capsys):
     assert "COCO" in capsys.readouterr().out
 
 
+def test_pair_map_equals_drawing_each_object_alone():
+    """The pair map read from one render (each object's pixels are the non-background pixels of
+    its own box) equals drawing every object alone, two objects of one colour included."""
+    import random
+
+    import numpy as np
+
+    from vitsplit_vlm.playground.dinov2_pretrain import BACKGROUND, _pair_index, _pair_map
+    from vitsplit_vlm.playground.shapes import Scene, sample_scene
+
+    pairs = _pair_index()
+    same_colour = 0
+    for i in range(200):
+        scene = sample_scene(random.Random(f"pair-map-{i}"))
+        expected = np.full((scene.image_size, scene.image_size), len(pairs))
+        for obj in scene.objects:
+            alone = np.asarray(Scene(scene.image_size, (obj,)).render())
+            expected[(alone != np.asarray(BACKGROUND, dtype=np.uint8)).any(-1)] = pairs[
+                (obj.shape, obj.colour)
+            ]
+        assert np.array_equal(_pair_map(scene, pairs), expected), i
+        colours = [o.colour for o in scene.objects]
+        same_colour += len(set(colours)) < len(colours)
+    assert same_colour > 0  # the case the map must keep apart occurred
+
+
 def test_object_targets_label_every_patch_an_object_touches():
     """Each patch an object touches gets that object's pair (the larger share if two touch it),
     every other patch the background class; the centre of each object is under its own pair."""

@@ -70,30 +70,34 @@ def make_batch(
     for b in range(batch_size):
         rng = random.Random(f"dinov2-pretrain-{seed}-{step}-{b}")
         scene = sample_scene(rng)
-        image = np.asarray(scene.render(), dtype=np.float32) / 255.0
-        index = _pair_map(scene, pairs)
+        rgb = np.asarray(scene.render())
+        index = _pair_map(scene, pairs, rgb)
         if rng.random() < 0.5:
-            image, index = image[:, ::-1], index[:, ::-1]
-        images.append(torch.from_numpy(image.copy()).permute(2, 0, 1))
+            rgb, index = rgb[:, ::-1], index[:, ::-1]
+        images.append(torch.from_numpy(rgb.copy()))
         pixel_pairs.append(torch.from_numpy(index.copy()))
         for obj in scene.objects:
             labels[b, pairs[(obj.shape, obj.colour)]] = 1.0
-    x = torch.stack(images)
+    x = torch.stack(images).permute(0, 3, 1, 2).float() / 255.0
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return (x - m) / s, labels, torch.stack(pixel_pairs)
 
 
-def _pair_map(scene, pairs: dict[tuple[str, str], int]) -> np.ndarray:
+def _pair_map(
+    scene, pairs: dict[tuple[str, str], int], rgb: np.ndarray | None = None
+) -> np.ndarray:
     """(H, W) int64 map of each pixel's (shape, colour) pair index, ``len(pairs)`` on the
-    background (each object drawn alone, so two objects of one colour stay apart)."""
-    from vitsplit_vlm.playground.shapes import Scene
-
-    out = np.full((scene.image_size, scene.image_size), len(pairs), dtype=np.int64)
+    background. `rgb`: the scene's render, if already drawn. Objects are drawn inside their own
+    boxes, which lie apart (`sample_scene`), so each object's pixels are the non-background pixels
+    of its box, and two objects of one colour stay apart."""
+    if rgb is None:
+        rgb = np.asarray(scene.render())
+    out = np.full(rgb.shape[:2], len(pairs), dtype=np.int64)
     for obj in scene.objects:
-        alone = np.asarray(Scene(scene.image_size, (obj,)).render())
-        drawn = (alone != np.asarray(BACKGROUND, dtype=np.uint8)).any(-1)
-        out[drawn] = pairs[(obj.shape, obj.colour)]
+        x0, y0, x1, y1 = obj.bbox
+        drawn = (rgb[y0:y1, x0:x1] != np.asarray(BACKGROUND, dtype=np.uint8)).any(-1)
+        out[y0:y1, x0:x1][drawn] = pairs[(obj.shape, obj.colour)]
     return out
 
 
