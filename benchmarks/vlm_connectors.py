@@ -76,18 +76,16 @@ def _run(argv: list[str], log: Path, env: dict[str, str]) -> str:
 
 def budget(args: argparse.Namespace) -> dict:
     """What a run's result depends on besides connector and seed: the steps, the questions, and
-    the recipe (its flags, its tower, its data generator and data set arguments): a run logged
+    the recipe (`recipes.fingerprint`: flags, tiny models, pretraining, data set): a run logged
     under an older recipe is not reused."""
     import hashlib
 
-    from vitsplit_vlm.playground.recipes import SHAPES_ARGS, stage_flags
-    from vitsplit_vlm.playground.shapes import GENERATOR_VERSION
+    from vitsplit_vlm.playground.recipes import fingerprint, stage_flags
 
-    flags = json.dumps([stage_flags(s) for s in ("pretrain", "finetune")], sort_keys=True)
+    recipe = json.dumps(fingerprint("finetune"), sort_keys=True)
     return {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
             "limit": args.limit, "vision_tower": stage_flags("pretrain")["--vision_tower"],
-            "shapes_generator": GENERATOR_VERSION, "shapes_args": SHAPES_ARGS,
-            "recipe_flags": hashlib.sha256(flags.encode()).hexdigest()[:12]}  # fmt: skip
+            "recipe": hashlib.sha256(recipe.encode()).hexdigest()[:12]}  # fmt: skip
 
 
 def train_and_evaluate(args: argparse.Namespace, connector: str, seed: int) -> dict:

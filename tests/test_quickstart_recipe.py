@@ -7,6 +7,7 @@ import json
 import pytest
 
 from vitsplit_vlm.playground import quickstart
+from vitsplit_vlm.playground.recipes import fingerprint
 
 
 @pytest.fixture
@@ -32,12 +33,12 @@ def test_a_run_without_a_record_is_stale(outputs):
 
 
 def test_the_current_recipe_is_reused_and_another_is_not(outputs, capsys):
-    record(outputs, "pretrain", quickstart.recipe_record("pretrain"))
+    record(outputs, "pretrain", fingerprint("pretrain"))
     assert quickstart.stale_reason("pretrain") is None
     quickstart._train_stage("pretrain", retrain=False, report=quickstart.Report())
     assert "already trained" in capsys.readouterr().out
 
-    older = quickstart.recipe_record("pretrain")
+    older = fingerprint("pretrain")
     older["shapes"] = {**older["shapes"], "max_objects": 4}  # an older playground
     record(outputs, "pretrain", older)
     assert quickstart.stale_reason("pretrain") == "it was trained with another recipe"
@@ -45,10 +46,35 @@ def test_the_current_recipe_is_reused_and_another_is_not(outputs, capsys):
 
 def test_stage2_is_stale_when_stage1_changed(outputs):
     """Stage 2 starts from stage 1's connector: its record holds stage 1's."""
-    current = quickstart.recipe_record("finetune")
-    assert current["pretrain"] == quickstart.recipe_record("pretrain")
+    current = fingerprint("finetune")
+    assert current["pretrain"] == fingerprint("pretrain")
     record(outputs, "finetune", current)
     assert quickstart.stale_reason("finetune") is None
-    current["pretrain"]["argv"] = [*current["pretrain"]["argv"], "--seed", "7"]
+    current["pretrain"]["flags"]["--seed"] = "7"
     record(outputs, "finetune", current)
     assert quickstart.stale_reason("finetune") is not None
+
+
+@pytest.mark.parametrize("module", ["lm_pretrain", "clip_pretrain"])
+def test_stage1_is_stale_when_the_llm_or_tower_pretraining_changed(outputs, monkeypatch, module):
+    """Stage 1 reads the pretrained tiny Llama and tower: new pretraining settings retrain it."""
+    import importlib
+
+    record(outputs, "pretrain", fingerprint("pretrain"))
+    defaults = importlib.import_module(f"vitsplit_vlm.playground.{module}").DEFAULTS
+    monkeypatch.setitem(defaults, "steps", defaults["steps"] + 1)
+    assert quickstart.stale_reason("pretrain") == "it was trained with another recipe"
+
+
+def test_logging_saving_and_loading_flags_are_not_part_of_the_recipe(outputs, monkeypatch):
+    """Flags that cannot change the weights (data loader workers, logging, saving) do not make a
+    finished stage stale; a learning rate does."""
+    from vitsplit_vlm.playground import recipes
+
+    record(outputs, "pretrain", fingerprint("pretrain"))
+    stage = recipes._STAGES["pretrain"]
+    monkeypatch.setitem(stage, "--dataloader_num_workers", "3")
+    monkeypatch.setitem(stage, "--logging_steps", "1")
+    assert quickstart.stale_reason("pretrain") is None
+    monkeypatch.setitem(stage, "--learning_rate", "2e-3")
+    assert quickstart.stale_reason("pretrain") == "it was trained with another recipe"

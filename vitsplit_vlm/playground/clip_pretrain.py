@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from .dinov2_pretrain import MANIFEST, _lr, _pair_index, make_batch, save_trunk, train_once
 
 VERSION = 3
+# The playground's settings (`pretrain_clip`'s defaults; `recipes.fingerprint` records them).
+DEFAULTS = dict(steps=400, batch_size=32, lr=3e-3, feature_layer=-2)
 
 
 def object_targets(pixel_pairs: torch.Tensor, patch: int, num_pairs: int) -> torch.Tensor:
@@ -51,10 +53,10 @@ def pretrain_clip(
     src: str | Path,
     dst: str | Path,
     *,
-    steps: int = 400,
-    batch_size: int = 32,
-    lr: float = 3e-3,
-    feature_layer: int = -2,
+    steps: int = DEFAULTS["steps"],
+    batch_size: int = DEFAULTS["batch_size"],
+    lr: float = DEFAULTS["lr"],
+    feature_layer: int = DEFAULTS["feature_layer"],
     seed: int = 0,
     force: bool = False,
     threads: int | None = None,

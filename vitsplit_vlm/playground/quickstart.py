@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .recipes import prepare, stage_argv, stage_flags
+from .recipes import fingerprint, prepare, stage_argv, stage_flags
 
 SUMMARY = "train_summary.json"
-RECIPE = "quickstart_recipe.json"  # what a stage's output was trained with (`recipe_record`)
+RECIPE = "quickstart_recipe.json"  # what a stage's output was trained with (`fingerprint`)
 STAGE_OUTPUTS = {"pretrain": paths.TINY_PRETRAIN, "finetune": paths.TINY_FINETUNE}
 
 
@@ -118,18 +118,6 @@ def _param_table(report: Report) -> None:
     )
 
 
-def recipe_record(stage: str) -> dict:
-    """What a stage's run depends on: its flags, the shapes set's arguments and generator, and
-    for stage 2 stage 1's record (a stage-1 connector trained again makes stage 2 stale)."""
-    from .recipes import SHAPES_ARGS
-    from .shapes import GENERATOR_VERSION
-
-    record = {"argv": stage_argv(stage), "shapes": SHAPES_ARGS, "generator": GENERATOR_VERSION}
-    if stage == "finetune":
-        record["pretrain"] = recipe_record("pretrain")
-    return record
-
-
 def stale_reason(stage: str) -> str | None:
     """Why the finished run in the stage's output folder does not match the current recipe (an
     older quickstart's, or trained by other means), or None if it does."""
@@ -137,7 +125,7 @@ def stale_reason(stage: str) -> str | None:
         done = json.loads((STAGE_OUTPUTS[stage] / RECIPE).read_text())
     except (OSError, ValueError):
         return f"no {RECIPE} says which recipe trained it"
-    if done != json.loads(json.dumps(recipe_record(stage))):
+    if done != json.loads(json.dumps(fingerprint(stage))):
         return "it was trained with another recipe"
     return None
 
@@ -155,7 +143,7 @@ def _train_stage(stage: str, retrain: bool, report: Report) -> None:
         argv = [sys.executable, "-m", "vitsplit_vlm.vlm.train", *stage_argv(stage)]
         print(f"$ python -m vitsplit_vlm.vlm.train ...   (as bash scripts/{stage}.sh; -> {out})")
         subprocess.run(argv, check=True, env=_train_env())
-        (out / RECIPE).write_text(json.dumps(recipe_record(stage), indent=1) + "\n")
+        (out / RECIPE).write_text(json.dumps(fingerprint(stage), indent=1) + "\n")
     s = json.loads((out / SUMMARY).read_text())
     report.add(
         f"stage {s['stage']}: {s['steps']} steps, {s['seconds_per_step']} s/step, loss "

@@ -130,6 +130,42 @@ def stage_argv(stage: str, **overrides: str) -> list[str]:
     return [item for flag, value in flags.items() for item in (flag, value)]
 
 
+# Flags that change how a run is logged, saved or fed, never what it computes.
+_NOT_IN_RESULTS = (
+    "--logging_steps", "--report_to", "--save_steps", "--save_total_limit",
+    "--dataloader_num_workers",
+)  # fmt: skip
+
+
+def fingerprint(stage: str) -> dict:
+    """What a run of one stage of this recipe depends on besides its seed: the stage's flags
+    (those in `_NOT_IN_RESULTS` left out), the tiny models' spec, the tiny Llama's and the
+    tower's pretraining settings, the shapes set's arguments and generator; stage 2's holds
+    stage 1's (its connector starts from stage 1's).
+
+    The quickstart reuses a finished stage only if its recorded fingerprint equals this one, and
+    `benchmarks/vlm_connectors.py` keys its logged runs by it.
+    """
+    from .clip_pretrain import DEFAULTS as TOWER
+    from .clip_pretrain import VERSION as TOWER_VERSION
+    from .lm_pretrain import DEFAULTS as LLM
+    from .lm_pretrain import VERSION as LLM_VERSION
+    from .shapes import GENERATOR_VERSION
+    from .tiny import VERSION as TINY_VERSION
+
+    record = {
+        "flags": {k: v for k, v in stage_flags(stage).items() if k not in _NOT_IN_RESULTS},
+        "tiny_models": TINY_VERSION,
+        "llm_pretrain": {**LLM, "version": LLM_VERSION},
+        "tower_pretrain": {**TOWER, "version": TOWER_VERSION},
+        "shapes": SHAPES_ARGS,
+        "generator": GENERATOR_VERSION,
+    }
+    if stage != "pretrain":
+        record["pretrain"] = fingerprint("pretrain")
+    return record
+
+
 def prepare(*, progress: bool = True) -> Path:
     """The tiny models, the language-pretrained tiny Llama, the scene-pretrained tiny CLIP and the
     shapes set (each skipped when already current); returns the shapes folder."""
