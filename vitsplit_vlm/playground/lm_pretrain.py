@@ -35,7 +35,7 @@ from pathlib import Path
 
 VERSION = 3
 MANIFEST = "lm_pretrain.json"
-DEFAULTS = dict(steps=300, batch_size=16, seq_len=256, lr=3e-3, warmup=20, scenes=6000)
+DEFAULTS = dict(steps=400, batch_size=16, seq_len=256, lr=3e-3, warmup=20, scenes=6000)
 
 
 def chat_corpus(num_scenes: int, seed: int) -> list[str]:
