@@ -80,12 +80,11 @@ def budget(args: argparse.Namespace) -> dict:
     under an older recipe is not reused."""
     import hashlib
 
-    from vitsplit_vlm.playground.recipes import fingerprint, stage_flags
+    from vitsplit_vlm.playground.recipes import fingerprint
 
-    recipe = json.dumps(fingerprint("finetune"), sort_keys=True)
+    recipe = json.dumps(fingerprint("finetune"), sort_keys=True)  # holds the tower's path too
     return {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
-            "limit": args.limit, "vision_tower": stage_flags("pretrain")["--vision_tower"],
-            "recipe": hashlib.sha256(recipe.encode()).hexdigest()[:12]}  # fmt: skip
+            "limit": args.limit, "recipe": hashlib.sha256(recipe.encode()).hexdigest()[:12]}  # fmt: skip
 
 
 def train_and_evaluate(args: argparse.Namespace, connector: str, seed: int) -> dict:

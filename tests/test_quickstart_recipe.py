@@ -78,3 +78,13 @@ def test_logging_saving_and_loading_flags_are_not_part_of_the_recipe(outputs, mo
     assert quickstart.stale_reason("pretrain") is None
     monkeypatch.setitem(stage, "--learning_rate", "2e-3")
     assert quickstart.stale_reason("pretrain") == "it was trained with another recipe"
+
+
+def test_stage1_is_stale_when_the_tiny_models_changed(outputs, monkeypatch):
+    """A new tiny model or tokenizer spec (what `make_tiny` rebuilds on) retrains stage 1, even
+    with the tiny models' version unchanged."""
+    from vitsplit_vlm.playground import tiny
+
+    record(outputs, "pretrain", fingerprint("pretrain"))
+    monkeypatch.setitem(tiny.TOKENIZER_SPEC, "vocab_size", tiny.TOKENIZER_SPEC["vocab_size"] + 1)
+    assert quickstart.stale_reason("pretrain") == "it was trained with another recipe"

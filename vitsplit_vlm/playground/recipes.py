@@ -151,11 +151,11 @@ def fingerprint(stage: str) -> dict:
     from .lm_pretrain import DEFAULTS as LLM
     from .lm_pretrain import VERSION as LLM_VERSION
     from .shapes import GENERATOR_VERSION
-    from .tiny import VERSION as TINY_VERSION
+    from .tiny import spec_fingerprint
 
     record = {
         "flags": {k: v for k, v in stage_flags(stage).items() if k not in _NOT_IN_RESULTS},
-        "tiny_models": TINY_VERSION,
+        "tiny_models": spec_fingerprint(),  # prepare() builds them with the default seed
         "llm_pretrain": {**LLM, "version": LLM_VERSION},
         "tower_pretrain": {**TOWER, "version": TOWER_VERSION},
         "shapes": SHAPES_ARGS,

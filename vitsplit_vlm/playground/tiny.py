@@ -311,7 +311,9 @@ def build_image_processor(name: str) -> Any:
 # --------------------------------------------------------------------------- make_tiny
 
 
-def _fingerprint(seed: int) -> str:
+def spec_fingerprint(seed: int = 0) -> str:
+    """Hash of what `make_tiny` builds (version, seed, model and tokenizer specs): it rebuilds when
+    this changes."""
     spec = {"version": VERSION, "seed": seed, "models": SPEC, "tokenizer": TOKENIZER_SPEC}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -325,7 +327,7 @@ def _read_manifest(root: Path) -> dict | None:
 
 def _is_current(root: Path, seed: int) -> bool:
     manifest = _read_manifest(root)
-    if manifest is None or manifest.get("fingerprint") != _fingerprint(seed):
+    if manifest is None or manifest.get("fingerprint") != spec_fingerprint(seed):
         return False
     return all((root / name / "config.json").is_file() for name in SPEC)
 
@@ -355,7 +357,7 @@ def make_tiny(out_dir: str | Path, *, seed: int = 0, force: bool = False) -> Tin
             build_image_processor(name).save_pretrained(folder)
         models[name] = {"class": model_cls, "params": sum(p.numel() for p in model.parameters())}
     manifest = {
-        "fingerprint": _fingerprint(seed),
+        "fingerprint": spec_fingerprint(seed),
         "version": VERSION,
         "seed": seed,
         "vocab_size": len(tokenizer),
