@@ -178,6 +178,19 @@ def _connector_rows(report: dict) -> list[dict]:
                 f"{c['mlp2x_gelu']['trainable']:,}")]  # fmt: skip
 
 
+def _logits_argv(o: Options, out: Path) -> list[str]:
+    return [*_connector_argv(o, out), "--compare", "logits", "--batch-size", "32"]
+
+
+def _logits_rows(report: dict) -> list[dict]:
+    c = report["logits"]
+    a, b = c["supervised"]["median_step_s"], c["all"]["median_step_s"]
+    ra, rb = c["supervised"]["peak_rss_mib"], c["all"]["peak_rss_mib"]
+    return [row(f"VLM stage-1 step (trainer, ZeRO-2), batch {report['batch_size']}: LM head on",
+                "supervised positions", a, "all positions", b, "s/step", b / a,
+                note=f"peak RSS {ra:,.0f} vs {rb:,.0f} MiB" if ra and rb else "")]  # fmt: skip
+
+
 def _generation_argv(o: Options, out: Path) -> list[str]:
     return ["--questions", "16" if o.quick else "32", "--repeats", "3" if o.quick else "5",
             "--threads", str(o.threads), "--out", str(out)]  # fmt: skip
@@ -236,6 +249,8 @@ CASES: dict[str, Case] = {
                                "losses)", "cached_epoch", _cached_large_argv, _cached_rows),
     "vlm_connector": Case("VLM stage-1 step: the ViT-Split connector vs mlp2x_gelu",
                           "vlm_stage1", _connector_argv, _connector_rows),
+    "vlm_logits": Case("VLM stage-1 step: the LM head on supervised positions only vs all "
+                       "(--supervised_logits_only)", "vlm_stage1", _logits_argv, _logits_rows),
     "generation": Case("generation: batch 8 vs batch 1", "eval_throughput", _generation_argv,
                        _generation_rows),
     "dense_learning": Case("what learns: paper Tab. 6 ablations on the playground (mIoU, not "

@@ -1,6 +1,8 @@
-"""Stage-1 step time and peak memory: `vitsplit` vs `mlp2x_gelu` connector, side by side.
+"""Stage-1 step time and peak memory, side by side: `vitsplit` vs `mlp2x_gelu` connector, or
+(``--compare logits``) the LM head on the supervised positions only vs on all positions.
 
     python benchmarks/vlm_stage1.py                       # tiny playground models, CPU
+    python benchmarks/vlm_stage1.py --compare logits      # --supervised_logits_only True/False
     python benchmarks/vlm_stage1.py --llm /models/vicuna-7b-v1.5 \
         --vision /models/clip-vit-large-patch14-336 --data /data/blip_laion_cc_sbu_558k.json \
         --images /data/LLaVA-Pretrain/images --batch-size 8   # real sizes on a GPU
@@ -25,15 +27,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-CONNECTORS = ("vitsplit", "mlp2x_gelu")
+# what each side of a comparison overrides in stage 1's flags; the first is "a", the second "b"
+COMPARISONS = {
+    "connectors": {
+        "vitsplit": {"mm_projector_type": "vitsplit"},
+        "mlp2x_gelu": {"mm_projector_type": "mlp2x_gelu"},
+    },
+    "logits": {
+        "supervised": {"mm_projector_type": "vitsplit", "supervised_logits_only": True},
+        "all": {"mm_projector_type": "vitsplit", "supervised_logits_only": False},
+    },
+}
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train_argv(args: argparse.Namespace, connector: str, out: Path) -> list[str]:
+def train_argv(args: argparse.Namespace, variant: dict, out: Path) -> list[str]:
     from vitsplit_vlm.playground.recipes import stage_argv
 
     overrides = dict(
-        mm_projector_type=connector,
+        **variant,
         output_dir=out,
         max_steps=args.warmup + args.steps,
         per_device_train_batch_size=args.batch_size,
@@ -51,7 +63,7 @@ def train_argv(args: argparse.Namespace, connector: str, out: Path) -> list[str]
     return [sys.executable, "-m", "vitsplit_vlm.vlm.train", *stage_argv("pretrain", **overrides)]
 
 
-def run_child(args: argparse.Namespace, connector: str) -> dict:
+def run_child(args: argparse.Namespace, name: str) -> dict:
     """One training run; its summary's step times, trainable count and peak memory."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
@@ -61,18 +73,18 @@ def run_child(args: argparse.Namespace, connector: str) -> dict:
         log = Path(tmp) / "train.log"
         with open(log, "w") as stderr:
             proc = subprocess.Popen(
-                train_argv(args, connector, out),
+                train_argv(args, COMPARISONS[args.compare][name], out),
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env=env,
             )
             _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS
         if status != 0:
-            raise SystemExit(f"training failed ({connector}):\n{log.read_text()[-3000:]}")
+            raise SystemExit(f"training failed ({name}):\n{log.read_text()[-3000:]}")
         summary = json.loads((out / "train_summary.json").read_text())
     times = summary["step_seconds"][args.warmup :]
     return {
-        "connector": connector,
+        "variant": name,
         "trainable": summary["trainable"]["connector"],
         "median_step_s": statistics.median(times),
         "step_s": times,
@@ -99,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compare", choices=list(COMPARISONS), default="connectors")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/vlm_stage1.json")
     args = parser.parse_args(argv)
     if args.llm is None:
@@ -106,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
         os.chdir(REPO)  # the playground lives in the repository
         prepare(progress=False)
-    runs: dict[str, list] = {c: [] for c in CONNECTORS}
+    names = list(COMPARISONS[args.compare])
+    runs: dict[str, list] = {name: [] for name in names}
     for round_index in range(args.repeats):
-        for name in CONNECTORS:  # alternate so drift hits both alike
+        for name in names:  # alternate so drift hits both alike
             runs[name].append(run_child(args, name))
             print(f"round {round_index + 1}/{args.repeats} {name}: "
                   f"{runs[name][-1]['median_step_s']:.4f} s/step", flush=True)  # fmt: skip
@@ -121,9 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_mib": statistics.median(rss) if rss else None,
             "peak_cuda_gib": rs[0]["peak_cuda_gib"],
         }
-    a, b = summary["vitsplit"], summary["mlp2x_gelu"]
+    a, b = (summary[name] for name in names)
+    ratio = {
+        "step_time": a["median_step_s"] / b["median_step_s"],
+        "trainable": a["trainable"] / b["trainable"],
+        "peak_rss": a["peak_rss_mib"] / b["peak_rss_mib"] if a["peak_rss_mib"] else None,
+    }
     report = {
         "benchmark": "stage-1 training step (python -m vitsplit_vlm.vlm.train, ZeRO-2)",
+        "compare": args.compare,
         "llm": args.llm or "playground tiny llama-chat",
         "vision": args.vision or "playground tiny clip-vit",
         "batch_size": args.batch_size,
@@ -131,18 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "threads": args.threads,
-        "precision": runs["vitsplit"][0]["precision"],
-        "connectors": summary,
-        "ratio_vitsplit_over_mlp": {
-            "step_time": a["median_step_s"] / b["median_step_s"],
-            "trainable": a["trainable"] / b["trainable"],
-            "peak_rss": a["peak_rss_mib"] / b["peak_rss_mib"] if a["peak_rss_mib"] else None,
-        },
+        "precision": runs[names[0]][0]["precision"],
+        args.compare: summary,
+        f"ratio_{names[0]}_over_{names[1]}": ratio,
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({k: report[k] for k in ("connectors", "ratio_vitsplit_over_mlp")}, indent=1))
+    print(json.dumps({k: report[k] for k in (args.compare, f"ratio_{names[0]}_over_{names[1]}")},
+                     indent=1))  # fmt: skip
     return 0
 
 

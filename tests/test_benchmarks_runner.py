@@ -84,3 +84,32 @@ def test_dense_learning_is_opt_in_and_its_rows_compare_with_full():
     report = {"table": {"random": {"linear": 50.0, "vitsplit": 90.0, "full": 60.0}}}
     rows = runner._learning_rows(report)
     assert [(r["a"], r["ratio"]) for r in rows] == [("linear", 0.833), ("vitsplit", 1.5)]
+
+
+def test_logits_comparison_runs_both_settings_of_the_trainer(tiny, tmp_path):
+    """`vlm_stage1.py --compare logits`: the trainer with --supervised_logits_only True, then
+    False, alternating; the runner's row compares their medians (not asserted: timings)."""
+    import vlm_stage1
+
+    from vitsplit_vlm.playground.shapes import write_llava_dataset
+
+    data = write_llava_dataset(tmp_path / "shapes", num_train=8, num_heldout=1, image_size=112,
+                               seed=0)  # fmt: skip
+    out = tmp_path / "vlm_logits.json"
+    argv = ["--llm", str(tiny.llama), "--vision", str(tiny.clip), "--data", str(data.pretrain),
+            "--images", str(data.image_folder), "--batch-size", "4", "--steps", "1",
+            "--warmup", "1", "--repeats", "1", "--threads", "1", "--compare", "logits",
+            "--out", str(out)]  # fmt: skip
+    assert vlm_stage1.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert [r["variant"] for name in ("supervised", "all") for r in report["runs"][name]] == [
+        "supervised",
+        "all",
+    ]
+    assert report["logits"]["supervised"]["trainable"] == report["logits"]["all"]["trainable"]
+    (only,) = runner.CASES["vlm_logits"].rows(report)
+    assert only["a"] == "supervised positions" and only["b"] == "all positions"
+    assert only["ratio"] == pytest.approx(
+        report["logits"]["all"]["median_step_s"] / report["logits"]["supervised"]["median_step_s"],
+        abs=1e-3,
+    )

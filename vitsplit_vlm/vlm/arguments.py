@@ -154,6 +154,14 @@ class TrainingArguments(transformers.TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "allow a new run in an output_dir that holds one"}
     )
+    supervised_logits_only: bool = field(
+        default=True,
+        metadata={
+            "help": "compute the LM head and the loss only where the next token is supervised "
+            "(labels != -100; image, prompt and padding positions are not): the same loss as "
+            "LLaVA's, without its (batch, length, vocab) logits; False computes logits everywhere"
+        },
+    )
     allow_pickle_checkpoints: bool = field(
         default=False,
         metadata={

@@ -11,6 +11,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import resume
+from .data import IGNORE_INDEX
 from .sampler import LengthGroupedSampler
 
 CONNECTOR_MARK = "multi_modal_projector."
@@ -32,6 +33,15 @@ class VLMTrainer(Trainer):
             group_by_modality=True,
             seed=self.args.seed,
         )
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        """HF's loss; with `--supervised_logits_only` (default) the LM head runs only at the
+        positions whose next token is supervised: transformers' ``logits_to_keep`` as a (B, L)
+        mask and ``shift_labels`` the labels there (see `supervised_positions`)."""
+        if self.args.supervised_logits_only and inputs.get("labels") is not None:
+            keep, shift_labels = supervised_positions(inputs["labels"])
+            inputs = {**inputs, "logits_to_keep": keep, "shift_labels": shift_labels}
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is not None:
@@ -85,6 +95,19 @@ class VLMTrainer(Trainer):
             return super()._prepare_for_training(
                 max_steps, train_dataloader, resume_from_checkpoint
             )
+
+
+def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, shift_labels)`` for labels (B, L): ``keep`` (B, L) marks the positions whose next
+    token is supervised (position t predicts labels[:, t + 1]; the last predicts nothing), and
+    ``shift_labels`` (N,) are those next tokens, in the order transformers flattens the kept
+    positions' logits (row-major). The cross-entropy over them equals the loss over all
+    positions, where the others are ignored (IGNORE_INDEX). Few are supervised: on the playground
+    13.8% of the padded batch positions in stage 1 and 2.4% in stage 2; in LLaVA-1.5's stage 1 a
+    caption of a few dozen tokens follows 576 image tokens."""
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    keep = shifted != IGNORE_INDEX
+    return keep, shifted[keep]
 
 
 class StepTimer(TrainerCallback):
