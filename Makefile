@@ -54,4 +54,4 @@ $(DEV_STAMP): pyproject.toml | $(PY)
 	touch $@ $(RUN_STAMP)
 
 clean-playground:
-	rm -rf playground/tiny playground/data
+	rm -rf playground/tiny playground/data playground/feature-cache

@@ -50,7 +50,7 @@ QTYPES = ("overall", "colour", "shape", "count", "position", "presence")
 
 def stage_command(stage: str, connector: str, seed: int, steps: int, run_dir: Path) -> list[str]:
     """The trainer's argv for one stage of one run (the recipe's flags, a few overridden)."""
-    from vitsplit_vlm.playground.recipes import stage_argv
+    from vitsplit_vlm.playground.recipes import stage_argv, stage_flags
 
     overrides = dict(
         mm_projector_type=connector,
@@ -59,6 +59,9 @@ def stage_command(stage: str, connector: str, seed: int, steps: int, run_dir: Pa
         output_dir=run_dir / stage,
         save_strategy="no",
     )
+    if "--cache_features" in stage_flags(stage):
+        # each run its own: connectors that read other layers have other caches
+        overrides["cache_features"] = run_dir / "feature-cache"
     if stage == "finetune":
         overrides["pretrain_mm_mlp_adapter"] = run_dir / "pretrain" / "mm_projector.safetensors"
     extra = CONNECTORS.get(connector, [])

@@ -52,6 +52,7 @@ def train_argv(args: argparse.Namespace, variant: dict, out: Path) -> list[str]:
         save_strategy="no",
         logging_steps=args.warmup + args.steps,
         deepspeed=REPO / "scripts" / "zero2.json",
+        cache_features=None,  # the step with the tower, as on images read from disk
     )
     given = {
         "model_name_or_path": args.llm,

@@ -38,7 +38,8 @@ else
   # finetune.json is written in training order (reading questions first): read it in order.
   HP=(--max_steps ${STEPS:-600} --learning_rate 1e-3 --model_max_length 512
       --train_sampling_strategy sequential --dataloader_num_workers 0 --save_steps 200
-      --save_total_limit 1 --gradient_checkpointing False)  # tiny: checkpointing only costs time
+      --save_total_limit 1 --cache_features playground/feature-cache
+      --gradient_checkpointing False)  # tiny: checkpointing only costs time
   HP+=($(playground_connector_flags))
   # ZeRO-2: on the playground's one CPU process ZeRO-3 partitions nothing and only costs time
   # (same losses at 1.8x the step time: vitsplit_vlm/playground/recipes.py); `--deepspeed

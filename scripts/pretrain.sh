@@ -31,7 +31,8 @@ else
   batch_flags 32 32 "$@"  # before building the playground: fail fast
   prepare_playground
   HP=(--max_steps ${STEPS:-400} --learning_rate 1e-3 --model_max_length 512
-      --dataloader_num_workers 0 --save_steps 100 --save_total_limit 1)
+      --dataloader_num_workers 0 --save_steps 100 --save_total_limit 1
+      --cache_features playground/feature-cache)
   HP+=($(playground_connector_flags))
 fi
 

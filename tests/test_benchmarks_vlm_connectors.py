@@ -24,7 +24,8 @@ def test_stage_commands_are_the_recipe_with_the_connector_and_seed(tmp_path):
 
     s1 = _flags(vlm_connectors.stage_command("pretrain", "mlp2x_gelu", 2, 7, tmp_path))
     s2 = _flags(vlm_connectors.stage_command("finetune", "mlp2x_gelu", 2, 9, tmp_path))
-    changed = {"--mm_projector_type", "--seed", "--max_steps", "--output_dir", "--save_strategy"}
+    changed = {"--mm_projector_type", "--seed", "--max_steps", "--output_dir", "--save_strategy",
+               "--cache_features"}  # fmt: skip
     for stage, flags in (("pretrain", s1), ("finetune", s2)):
         recipe = stage_flags(stage)
         # ViT-Split's own settings stay with ViT-Split: the trainer refuses them for an MLP
@@ -35,6 +36,8 @@ def test_stage_commands_are_the_recipe_with_the_connector_and_seed(tmp_path):
             k: v for k, v in flags.items() if k not in changed | {"--pretrain_mm_mlp_adapter"}
         } == {k: v for k, v in recipe.items() if k not in changed | {"--pretrain_mm_mlp_adapter"}}
         assert flags["--mm_projector_type"] == "mlp2x_gelu" and flags["--seed"] == "2"
+        # a cache of the run's own: two connectors running at once read different layers
+        assert flags["--cache_features"] == str(tmp_path / "feature-cache")
     assert s1["--max_steps"] == "7" and s2["--max_steps"] == "9"
     assert s2["--pretrain_mm_mlp_adapter"] == str(
         tmp_path / "pretrain" / "mm_projector.safetensors"

@@ -88,3 +88,15 @@ def test_stage1_is_stale_when_the_tiny_models_changed(outputs, monkeypatch):
     record(outputs, "pretrain", fingerprint("pretrain"))
     monkeypatch.setitem(tiny.TOKENIZER_SPEC, "vocab_size", tiny.TOKENIZER_SPEC["vocab_size"] + 1)
     assert quickstart.stale_reason("pretrain") == "it was trained with another recipe"
+
+
+def test_stage_argv_replaces_values_and_none_leaves_a_flag_out():
+    from vitsplit_vlm.playground.recipes import stage_argv, stage_flags
+
+    assert stage_flags("finetune")["--cache_features"] == "playground/feature-cache"
+    argv = stage_argv("finetune", max_steps=7, cache_features=None)
+    flags = dict(zip(argv[::2], argv[1::2], strict=True))
+    assert flags["--max_steps"] == "7" and "--cache_features" not in flags
+    assert {k: v for k, v in stage_flags("finetune").items() if k not in flags} == {
+        "--cache_features": "playground/feature-cache"
+    }

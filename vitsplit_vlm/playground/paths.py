@@ -18,6 +18,8 @@ TINY_DINOV2_PRETRAINED = TINY / "dinov2-pretrained"  # `make-tiny --pretrain`
 TINY_CLIP_PRETRAINED = TINY / "clip-vit-pretrained"  # `make-tiny --pretrain-clip`: the VLM tower
 
 DATA = PLAYGROUND / "data"
+# the tiny CLIP's hidden states for the shapes images (`--cache_features`, stages 1-2)
+FEATURE_CACHE = PLAYGROUND / "feature-cache"
 SHAPES = DATA / "shapes"  # `make-data shapes`: the tiny VLM's training and held-out data
 EVAL = DATA / "eval"  # `make-data evalsets`: LLaVA's playground/data/eval layout
 DENSE_DATA = DATA / "dense"  # `make-data dense`: the five dense layouts

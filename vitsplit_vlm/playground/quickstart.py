@@ -4,10 +4,12 @@
    paper's parameter table from the public architectures;
 2. the playground: tiny models (with a language-pretrained tiny Llama and a scene-pretrained tiny
    CLIP) and the shapes data;
-3. stage 1 (connector only) and stage 2 (connector + LLM), both under ZeRO-2, through the trainer's
-   entry point, ``python -m vitsplit_vlm.vlm.train``, with the flags of `scripts/pretrain.sh` and
-   `scripts/finetune.sh` (`recipes.stage_flags`), each skipped when already done with the same
-   recipe (trained again, saying why, when the recipe or the data set changed since);
+3. stage 1 (connector only) and stage 2 (connector + LLM), both under ZeRO-2 and reading the
+   frozen tower's hidden states from `--cache_features playground/feature-cache` (computed once,
+   in stage 1), through the trainer's entry point, ``python -m vitsplit_vlm.vlm.train``, with the
+   flags of `scripts/pretrain.sh` and `scripts/finetune.sh` (`recipes.stage_flags`), each skipped
+   when already done with the same recipe (trained again, saying why, when the recipe or the data
+   set changed since);
 4. answers on held-out images, with accuracy against chance and blank/swapped-image controls;
    a summary that fits a screen.
 
@@ -214,9 +216,15 @@ def run(args: argparse.Namespace) -> int:
         _require_repository()
         _step("3. playground: tiny models, pretrained tiny Llama and CLIP, the shapes data")
         prepare()
-        _step("4. stage 1: connector only, plain template, ZeRO-2 (scripts/pretrain.sh)")
+        _step(
+            "4. stage 1: connector only, plain template, ZeRO-2, the frozen tower's features "
+            "cached (scripts/pretrain.sh)"
+        )
         _train_stage("pretrain", args.retrain, report)
-        _step("5. stage 2: connector + LLM, vicuna_v1, ZeRO-2 (scripts/finetune.sh)")
+        _step(
+            "5. stage 2: connector + LLM, vicuna_v1, ZeRO-2, the cached tower features "
+            "(scripts/finetune.sh)"
+        )
         _train_stage("finetune", args.retrain, report)
         _step(f"6. answers on held-out images ({paths.TINY_FINETUNE})")
         _heldout(args.heldout_limit, report)
