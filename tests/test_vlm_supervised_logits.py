@@ -40,11 +40,14 @@ def _batch(vlm_dir):
     return batch
 
 
-def _loss_and_grads(vlm_dir, tmp_path, batch, on: bool, **kwargs):
+def _loss_and_grads(vlm_dir, tmp_path, batch, on: bool, smoothing: float = 0.0, **kwargs):
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_pretrained(vlm_dir).train()
     args = TrainingArguments(
-        output_dir=str(tmp_path / str(on)), report_to="none", supervised_logits_only=on
+        output_dir=str(tmp_path / str(on)),
+        report_to="none",
+        supervised_logits_only=on,
+        label_smoothing_factor=smoothing,
     )
     trainer = VLMTrainer(model=model, args=args)
     loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True, **kwargs)
@@ -79,3 +82,12 @@ def test_batch_without_supervised_tokens_gives_the_same_nan(vlm_dir, tmp_path):
     full_loss, _, _ = _loss_and_grads(vlm_dir, tmp_path, batch, False)
     loss, shape, _ = _loss_and_grads(vlm_dir, tmp_path, batch, True)
     assert shape[0] == 0 and torch.isnan(loss) and torch.isnan(full_loss)
+
+
+def test_label_smoothing_keeps_all_logits(vlm_dir, tmp_path):
+    """HF's label smoother reads (B, L, vocab) logits: with it the flag computes them all."""
+    batch = _batch(vlm_dir)
+    full_loss, full_shape, _ = _loss_and_grads(vlm_dir, tmp_path, batch, False, smoothing=0.1)
+    loss, shape, _ = _loss_and_grads(vlm_dir, tmp_path, batch, True, smoothing=0.1)
+    assert shape == full_shape == (*batch["input_ids"].shape, full_shape[-1])
+    torch.testing.assert_close(loss, full_loss)

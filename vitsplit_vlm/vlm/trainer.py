@@ -37,8 +37,10 @@ class VLMTrainer(Trainer):
     def compute_loss(self, model, inputs, *args, **kwargs):
         """HF's loss; with `--supervised_logits_only` (default) the LM head runs only at the
         positions whose next token is supervised: transformers' ``logits_to_keep`` as a (B, L)
-        mask and ``shift_labels`` the labels there (see `supervised_positions`)."""
-        if self.args.supervised_logits_only and inputs.get("labels") is not None:
+        mask and ``shift_labels`` the labels there (see `supervised_positions`). Not with
+        ``--label_smoothing_factor`` or a ``compute_loss_func``: those read (B, L, vocab) logits."""
+        own_loss = self.label_smoother is None and self.compute_loss_func is None
+        if self.args.supervised_logits_only and own_loss and inputs.get("labels") is not None:
             keep, shift_labels = supervised_positions(inputs["labels"])
             inputs = {**inputs, "logits_to_keep": keep, "shift_labels": shift_labels}
         return super().compute_loss(model, inputs, *args, **kwargs)
