@@ -249,8 +249,8 @@ CASES: dict[str, Case] = {
                                "losses)", "cached_epoch", _cached_large_argv, _cached_rows),
     "vlm_connector": Case("VLM stage-1 step: the ViT-Split connector vs mlp2x_gelu",
                           "vlm_stage1", _connector_argv, _connector_rows),
-    "vlm_logits": Case("VLM stage-1 step: the LM head on supervised positions only vs all "
-                       "(--supervised_logits_only)", "vlm_stage1", _logits_argv, _logits_rows),
+    "vlm_logits": Case("VLM stage-1 step: LM head on supervised positions vs all",
+                       "vlm_stage1", _logits_argv, _logits_rows),
     "generation": Case("generation: batch 8 vs batch 1", "eval_throughput", _generation_argv,
                        _generation_rows),
     "dense_learning": Case("what learns: paper Tab. 6 ablations on the playground (mIoU, not "
@@ -345,7 +345,7 @@ def plot_rows(title: str, rows: list[dict], path: Path) -> None:
         ax.set_ylabel(r["unit"])
         ax.set_title(f"{r['ratio']:.2f}x", fontsize=10)
         ax.set_xlabel("\n".join(_wrap(r["what"], 40)), fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle("\n".join(_wrap(title, 18 + 22 * len(rows))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
