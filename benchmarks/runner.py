@@ -160,10 +160,10 @@ def _cached_rows(report: dict) -> list[dict]:
     return out
 
 
-def _connector_argv(o: Options, out: Path) -> list[str]:
+def _connector_argv(o: Options, out: Path, batch_size: int = 16) -> list[str]:
     tiny, data = o.assets()
     return ["--llm", str(tiny.llama), "--vision", str(tiny.clip), "--data", str(data.pretrain),
-            "--images", str(data.image_folder), "--batch-size", "16",
+            "--images", str(data.image_folder), "--batch-size", str(batch_size),
             "--steps", "3" if o.quick else "5", "--warmup", "2",
             "--repeats", "2" if o.quick else "3", "--threads", str(o.threads),
             "--out", str(out)]  # fmt: skip
@@ -179,7 +179,7 @@ def _connector_rows(report: dict) -> list[dict]:
 
 
 def _logits_argv(o: Options, out: Path) -> list[str]:
-    return [*_connector_argv(o, out), "--compare", "logits", "--batch-size", "32"]
+    return [*_connector_argv(o, out, batch_size=32), "--compare", "logits"]
 
 
 def _logits_rows(report: dict) -> list[dict]:

@@ -81,7 +81,7 @@ _STAGES: dict[str, dict[str, str]] = {
         "--output_dir": str(paths.TINY_PRETRAIN),
         "--lazy_preprocess": "True",
         # The tower is frozen: stage 1 computes its hidden states for the 5,999 images once
-        # (381 MiB, ~9 s) and both stages read them back instead of decoding, preprocessing and
+        # (381 MiB, 9-16 s) and both stages read them back instead of decoding, preprocessing and
         # running the tower (losses as without the cache to ~1e-7).
         "--cache_features": str(paths.FEATURE_CACHE),
         "--max_steps": "400",
@@ -130,8 +130,11 @@ def stage_argv(stage: str, **overrides: object) -> list[str]:
     from ..vlm.configuration import connector_preset
 
     flags = stage_flags(stage)
-    flags.update({f"--{name}": str(value) for name, value in overrides.items()})
-    flags = {k: v for k, v in flags.items() if overrides.get(k[2:], "") is not None}
+    for name, value in overrides.items():
+        if value is None:
+            flags.pop(f"--{name}", None)
+        else:
+            flags[f"--{name}"] = str(value)
     if connector_preset(flags["--mm_projector_type"]) is None:
         flags = {k: v for k, v in flags.items() if not k.startswith("--vitsplit_")}
     return [item for flag, value in flags.items() for item in (flag, value)]
